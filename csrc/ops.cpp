@@ -1,0 +1,51 @@
+// The one schema block of the granet op library, and the registration of the native kernels.
+//
+// Public ops (torch.ops.granet.<name>) get their CPU/CUDA kernels from the Python layer
+// (granet_kernels/ops), which validates inputs and picks a backend (reference, cpu, triton, cuda).
+// Native kernels are registered here under private "_native_*" ops, one schema each, with a CPU
+// kernel and, when built with CUDA, a CUDA kernel.
+
+#include <torch/library.h>
+
+#include "granet.h"
+
+TORCH_LIBRARY(granet, m) {
+  // y = x @ (weight * mask)^T + bias; x [N, K], weight/mask [M, K], bias [M] -> [N, M]
+  m.def("masked_matmul(Tensor x, Tensor weight, Tensor mask, Tensor? bias=None) -> Tensor");
+  // W is M x K in CSR (int32 crow_indices [M+1], col_indices [nnz]); x [N, K] -> x @ W^T [N, M]
+  m.def("csr_spmm(Tensor crow_indices, Tensor col_indices, Tensor values, Tensor x) -> Tensor");
+  // dy [N, M] -> dy @ W [N, K]; W given by its transposed (CSC) index: ccol_indices [K+1],
+  // row_indices [nnz], perm [nnz] (CSR position of each CSC slot), values in CSR order.
+  m.def("csr_spmm_t(Tensor ccol_indices, Tensor row_indices, Tensor perm, Tensor values, Tensor dy) -> Tensor");
+  // out[p] = sum_n dy[n, row(p)] * x[n, col(p)] for every nonzero p of the CSR pattern -> [nnz]
+  m.def("csr_sddmm(Tensor crow_indices, Tensor col_indices, Tensor dy, Tensor x) -> Tensor");
+  // Block-sparse W (blocks bs x bs): values [nnzb, bs, bs]; x [N, K] -> [N, M], M = rows*bs
+  m.def("bsr_spmm(Tensor crow_indices, Tensor col_indices, Tensor values, Tensor x) -> Tensor");
+  m.def("bsr_spmm_t(Tensor ccol_indices, Tensor row_indices, Tensor perm, Tensor values, Tensor dy) -> Tensor");
+  m.def("bsr_sddmm(Tensor crow_indices, Tensor col_indices, Tensor dy, Tensor x, int blocksize) -> Tensor");
+  // Sparse filter bank: CSR over [C_out, C_in*kh*kw] (torch's weight flattening order).
+  m.def("sparse_conv2d(Tensor input, Tensor crow_indices, Tensor col_indices, Tensor values, "
+        "int[2] kernel_size, int[2] stride, int[2] padding, int[2] dilation, Tensor? bias=None) -> Tensor");
+  m.def("sparse_conv2d_dx(Tensor grad_output, Tensor crow_indices, Tensor col_indices, Tensor values, "
+        "int[4] input_shape, int[2] kernel_size, int[2] stride, int[2] padding, int[2] dilation) -> Tensor");
+  m.def("sparse_conv2d_dw(Tensor grad_output, Tensor input, Tensor crow_indices, Tensor col_indices, "
+        "int[2] kernel_size, int[2] stride, int[2] padding, int[2] dilation) -> Tensor");
+  // The k-th largest |value| over all tensors of the list (0-d tensor), without concatenating.
+  m.def("topk_threshold(Tensor[] tensors, int k) -> Tensor");
+  // Flat indices (int64, ascending) of the k largest |score| among positions where mask is False;
+  // ties broken by the lower index.
+  m.def("regrow(Tensor mask, Tensor score, int k) -> Tensor");
+
+  // Native kernels behind the public ops.
+  m.def("_native_csr_spmm(Tensor crow_indices, Tensor col_indices, Tensor values, Tensor x) -> Tensor");
+}
+
+TORCH_LIBRARY_IMPL(granet, CPU, m) {
+  m.impl("_native_csr_spmm", &granet::csr_spmm_cpu);
+}
+
+#ifdef GRANET_WITH_CUDA
+TORCH_LIBRARY_IMPL(granet, CUDA, m) {
+  m.impl("_native_csr_spmm", &granet::csr_spmm_cuda);
+}
+#endif

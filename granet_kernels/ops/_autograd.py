@@ -1,0 +1,32 @@
+"""Autograd registration helpers shared by the differentiable ops."""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+
+from granet_kernels.ops._registry import OpDef
+
+
+def register_linear_autograd(opdef: OpDef, backward: Callable):
+    """Register `backward(saved_inputs, grad) -> grads` for an op; all tensor inputs are saved
+    (they are needed by the products)."""
+
+    def setup_context(ctx, inputs, output):
+        ctx.inputs = inputs
+
+    def bwd(ctx, grad):
+        grads = backward(ctx.inputs, grad)
+        return tuple(g if needed else None for g, needed in zip(grads, ctx.needs_input_grad))
+
+    torch.library.register_autograd(opdef.qualname, bwd, setup_context=setup_context)
+
+
+def register_not_differentiable(opdef: OpDef, hint: str):
+    """Backward-only building blocks: a clear error instead of a silently missing gradient."""
+
+    def bwd(ctx, *grads):
+        raise RuntimeError(f"{opdef.qualname} is not differentiable; {hint}")
+
+    torch.library.register_autograd(opdef.qualname, bwd, setup_context=lambda ctx, inputs, output: None)

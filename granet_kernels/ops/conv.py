@@ -1,0 +1,176 @@
+"""Sparse conv2d: a filter bank W [C_out, C_in, kh, kw] stored as CSR over [C_out, C_in*kh*kw]
+(torch's weight flattening order); forward, input gradient and weight gradient at the nonzeros."""
+
+from __future__ import annotations
+
+import torch
+
+from granet_kernels.ops import _checks as C
+from granet_kernels.ops import reference
+from granet_kernels.ops._autograd import register_linear_autograd, register_not_differentiable
+from granet_kernels.ops._registry import register_op
+
+
+def output_size(size: int, kernel: int, stride: int, padding: int, dilation: int) -> int:
+    return (size + 2 * padding - dilation * (kernel - 1) - 1) // stride + 1
+
+
+def _check_geometry(op, in_hw, kernel_size, stride, padding, dilation):
+    C.positive_ints(op, "kernel_size", kernel_size, 2)
+    C.positive_ints(op, "stride", stride, 2)
+    C.positive_ints(op, "padding", padding, 2, minimum=0)
+    C.positive_ints(op, "dilation", dilation, 2)
+    out = [output_size(in_hw[i], kernel_size[i], stride[i], padding[i], dilation[i]) for i in range(2)]
+    if min(out) < 1:
+        raise ValueError(
+            f"{op}: input of spatial size {tuple(in_hw)} is too small for kernel_size {list(kernel_size)}, "
+            f"padding {list(padding)}, dilation {list(dilation)} (output would be {out})"
+        )
+    return out
+
+
+def _check_filters(op, crow, col, values):
+    C.compressed_index(op, "crow_indices", crow, "col_indices", col)
+    if values is not None:
+        C.tensor(op, "values", values, dim=1, dtypes=C.FLOAT_DTYPES)
+        if values.numel() != col.numel():
+            raise ValueError(f"{op}: values has {values.numel()} entries but col_indices has {col.numel()}")
+
+
+def _check_forward(input, crow, col, values, kernel_size, stride, padding, dilation, bias=None):
+    op = "granet::sparse_conv2d"
+    C.tensor(op, "input", input, dim=4, dtypes=C.FLOAT_DTYPES)
+    _check_filters(op, crow, col, values)
+    C.same_dtype(op, [("input", input), ("values", values)])
+    if bias is not None:
+        C.tensor(op, "bias", bias, dim=1)
+        C.same_dtype(op, [("input", input), ("bias", bias)])
+        C.size(op, "bias", bias, 0, crow.shape[0] - 1, "the output channels, len(crow_indices) - 1")
+    C.same_device(op, [("input", input), ("crow_indices", crow), ("col_indices", col), ("values", values), ("bias", bias)])
+    _check_geometry(op, input.shape[2:], kernel_size, stride, padding, dilation)
+
+
+def _filter_bound(in_channels, kernel_size):
+    return in_channels * kernel_size[0] * kernel_size[1]
+
+
+def _check_forward_values(input, crow, col, values, kernel_size, stride, padding, dilation, bias=None):
+    bound = _filter_bound(input.shape[1], kernel_size)
+    C.compressed_index_values("granet::sparse_conv2d", "crow_indices", crow, "col_indices", col, bound)
+
+
+def _forward_shape(input, crow, kernel_size, stride, padding, dilation):
+    out = [output_size(input.shape[2 + i], kernel_size[i], stride[i], padding[i], dilation[i]) for i in range(2)]
+    return [input.shape[0], crow.shape[0] - 1, *out]
+
+
+sparse_conv2d_def = register_op(
+    "sparse_conv2d",
+    check=_check_forward,
+    check_values=_check_forward_values,
+    reference=reference.sparse_conv2d,
+    fake_output=lambda input, crow, col, values, ks, st, pad, dil, bias=None: input.new_empty(
+        _forward_shape(input, crow, ks, st, pad, dil)
+    ),
+    flops=lambda input, crow, col, values, ks, st, pad, dil, bias=None: 2
+    * col.numel()
+    * input.shape[0]
+    * _forward_shape(input, crow, ks, st, pad, dil)[2]
+    * _forward_shape(input, crow, ks, st, pad, dil)[3],
+    cuda_order=("triton", "reference"),
+)
+
+
+def _check_grad_output(op, grad_output, input_shape, crow, kernel_size, stride, padding, dilation):
+    C.tensor(op, "grad_output", grad_output, dim=4, dtypes=C.FLOAT_DTYPES)
+    if len(input_shape) != 4 or any(int(s) < 0 for s in input_shape):
+        raise ValueError(f"{op}: input_shape must be 4 sizes [N, C, H, W], got {list(input_shape)}")
+    out_hw = _check_geometry(op, input_shape[2:], kernel_size, stride, padding, dilation)
+    expected = [input_shape[0], crow.shape[0] - 1, *out_hw]
+    if list(grad_output.shape) != expected:
+        raise ValueError(f"{op}: grad_output must have shape {expected} for this input and filter bank, got {list(grad_output.shape)}")
+
+
+def _check_dx(grad_output, crow, col, values, input_shape, kernel_size, stride, padding, dilation):
+    op = "granet::sparse_conv2d_dx"
+    _check_filters(op, crow, col, values)
+    _check_grad_output(op, grad_output, input_shape, crow, kernel_size, stride, padding, dilation)
+    C.same_dtype(op, [("grad_output", grad_output), ("values", values)])
+    C.same_device(op, [("grad_output", grad_output), ("crow_indices", crow), ("col_indices", col), ("values", values)])
+
+
+def _check_dx_values(grad_output, crow, col, values, input_shape, kernel_size, stride, padding, dilation):
+    bound = _filter_bound(input_shape[1], kernel_size)
+    C.compressed_index_values("granet::sparse_conv2d_dx", "crow_indices", crow, "col_indices", col, bound)
+
+
+sparse_conv2d_dx_def = register_op(
+    "sparse_conv2d_dx",
+    check=_check_dx,
+    check_values=_check_dx_values,
+    reference=reference.sparse_conv2d_dx,
+    fake_output=lambda g, crow, col, values, input_shape, ks, st, pad, dil: g.new_empty(list(input_shape)),
+    flops=lambda g, crow, col, values, input_shape, ks, st, pad, dil: 2 * col.numel() * g.shape[0] * g.shape[2] * g.shape[3],
+    cuda_order=("triton", "reference"),
+)
+
+
+def _check_dw(grad_output, input, crow, col, kernel_size, stride, padding, dilation):
+    op = "granet::sparse_conv2d_dw"
+    _check_filters(op, crow, col, None)
+    C.tensor(op, "input", input, dim=4, dtypes=C.FLOAT_DTYPES)
+    _check_grad_output(op, grad_output, list(input.shape), crow, kernel_size, stride, padding, dilation)
+    C.same_dtype(op, [("input", input), ("grad_output", grad_output)])
+    C.same_device(op, [("input", input), ("grad_output", grad_output), ("crow_indices", crow), ("col_indices", col)])
+
+
+def _check_dw_values(grad_output, input, crow, col, kernel_size, stride, padding, dilation):
+    bound = _filter_bound(input.shape[1], kernel_size)
+    C.compressed_index_values("granet::sparse_conv2d_dw", "crow_indices", crow, "col_indices", col, bound)
+
+
+sparse_conv2d_dw_def = register_op(
+    "sparse_conv2d_dw",
+    check=_check_dw,
+    check_values=_check_dw_values,
+    reference=reference.sparse_conv2d_dw,
+    fake_output=lambda g, input, crow, col, ks, st, pad, dil: input.new_empty(col.shape[0]),
+    flops=lambda g, input, crow, col, ks, st, pad, dil: 2 * col.numel() * g.shape[0] * g.shape[2] * g.shape[3],
+    cuda_order=("triton", "reference"),
+)
+
+
+def _forward_backward(saved, grad):
+    input, crow, col, values, kernel_size, stride, padding, dilation, bias = saved
+    grad_input = torch.ops.granet.sparse_conv2d_dx(
+        grad, crow, col, values, list(input.shape), kernel_size, stride, padding, dilation
+    )
+    grad_values = torch.ops.granet.sparse_conv2d_dw(grad, input, crow, col, kernel_size, stride, padding, dilation)
+    grad_bias = grad.sum((0, 2, 3)) if bias is not None else None
+    return grad_input, None, None, grad_values, None, None, None, None, grad_bias
+
+
+register_linear_autograd(sparse_conv2d_def, _forward_backward)
+register_not_differentiable(sparse_conv2d_dx_def, "use sparse_conv2d, whose backward calls it")
+register_not_differentiable(sparse_conv2d_dw_def, "use sparse_conv2d, whose backward calls it")
+
+
+def sparse_conv2d(input, crow_indices, col_indices, values, kernel_size, stride=(1, 1), padding=(0, 0), dilation=(1, 1), bias=None):
+    """conv2d of input [N, C_in, H, W] with a CSR filter bank over [C_out, C_in*kh*kw]."""
+    return torch.ops.granet.sparse_conv2d(
+        input, crow_indices, col_indices, values, list(kernel_size), list(stride), list(padding), list(dilation), bias
+    )
+
+
+def sparse_conv2d_dx(grad_output, crow_indices, col_indices, values, input_shape, kernel_size, stride=(1, 1), padding=(0, 0), dilation=(1, 1)):
+    """Gradient of sparse_conv2d with respect to its input."""
+    return torch.ops.granet.sparse_conv2d_dx(
+        grad_output, crow_indices, col_indices, values, list(input_shape), list(kernel_size), list(stride), list(padding), list(dilation)
+    )
+
+
+def sparse_conv2d_dw(grad_output, input, crow_indices, col_indices, kernel_size, stride=(1, 1), padding=(0, 0), dilation=(1, 1)):
+    """Gradient of sparse_conv2d with respect to the filter values, at the nonzeros only -> [nnz]."""
+    return torch.ops.granet.sparse_conv2d_dw(
+        grad_output, input, crow_indices, col_indices, list(kernel_size), list(stride), list(padding), list(dilation)
+    )

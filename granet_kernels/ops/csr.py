@@ -1,0 +1,133 @@
+"""CSR products of a sparse weight W [M, K]: y = x @ W^T, dx = dy @ W, dW = (dy^T x) at W's nonzeros."""
+
+from __future__ import annotations
+
+import torch
+
+from granet_kernels.ops import _checks as C
+from granet_kernels.ops import reference
+from granet_kernels.ops._index import transpose_index
+from granet_kernels.ops._registry import Kernel, register_op
+from granet_kernels.ops._autograd import register_linear_autograd, register_not_differentiable
+
+NATIVE_DTYPES = (torch.float32, torch.float64)
+
+
+def _check_csr_operand(op, ptr_name, ptr, idx_name, idx, values, dense_name, dense):
+    C.compressed_index(op, ptr_name, ptr, idx_name, idx)
+    C.tensor(op, "values", values, dim=1, dtypes=C.FLOAT_DTYPES)
+    C.tensor(op, dense_name, dense, dim=2, dtypes=C.FLOAT_DTYPES)
+    if values.numel() != idx.numel():
+        raise ValueError(f"{op}: values has {values.numel()} entries but {idx_name} has {idx.numel()}; one value per index")
+    C.same_dtype(op, [(dense_name, dense), ("values", values)])
+    C.same_device(op, [(dense_name, dense), (ptr_name, ptr), (idx_name, idx), ("values", values)])
+
+
+# --- csr_spmm -------------------------------------------------------------------------------------
+
+def _check_spmm(crow, col, values, x):
+    _check_csr_operand("granet::csr_spmm", "crow_indices", crow, "col_indices", col, values, "x", x)
+
+
+def _check_spmm_values(crow, col, values, x):
+    C.compressed_index_values("granet::csr_spmm", "crow_indices", crow, "col_indices", col, x.shape[1])
+
+
+csr_spmm_def = register_op(
+    "csr_spmm",
+    check=_check_spmm,
+    check_values=_check_spmm_values,
+    reference=reference.csr_spmm,
+    fake_output=lambda crow, col, values, x: x.new_empty(x.shape[0], crow.shape[0] - 1),
+    flops=lambda crow, col, values, x: 2 * col.numel() * x.shape[0],
+    kernels={
+        "cpu": Kernel(lambda *a: torch.ops.granet._native_csr_spmm(*a), NATIVE_DTYPES),
+        "cuda": Kernel(lambda *a: torch.ops.granet._native_csr_spmm(*a), NATIVE_DTYPES),
+    },
+)
+
+
+# --- csr_spmm_t -----------------------------------------------------------------------------------
+
+def _check_spmm_t(ccol, row, perm, values, dy):
+    op = "granet::csr_spmm_t"
+    _check_csr_operand(op, "ccol_indices", ccol, "row_indices", row, values, "dy", dy)
+    C.tensor(op, "perm", perm, dim=1, dtypes=C.INDEX_DTYPES)
+    if perm.numel() != row.numel():
+        raise ValueError(f"{op}: perm has {perm.numel()} entries but row_indices has {row.numel()}")
+    C.same_device(op, [("dy", dy), ("perm", perm)])
+
+
+def _check_spmm_t_values(ccol, row, perm, values, dy):
+    op = "granet::csr_spmm_t"
+    C.compressed_index_values(op, "ccol_indices", ccol, "row_indices", row, dy.shape[1])
+    C.index_range(op, "perm", perm, values.numel())
+
+
+csr_spmm_t_def = register_op(
+    "csr_spmm_t",
+    check=_check_spmm_t,
+    check_values=_check_spmm_t_values,
+    reference=reference.csr_spmm_t,
+    fake_output=lambda ccol, row, perm, values, dy: dy.new_empty(dy.shape[0], ccol.shape[0] - 1),
+    flops=lambda ccol, row, perm, values, dy: 2 * row.numel() * dy.shape[0],
+)
+
+
+# --- csr_sddmm ------------------------------------------------------------------------------------
+
+def _check_sddmm(crow, col, dy, x):
+    op = "granet::csr_sddmm"
+    C.compressed_index(op, "crow_indices", crow, "col_indices", col)
+    C.tensor(op, "dy", dy, dim=2, dtypes=C.FLOAT_DTYPES)
+    C.tensor(op, "x", x, dim=2, dtypes=C.FLOAT_DTYPES)
+    C.same_dtype(op, [("x", x), ("dy", dy)])
+    C.same_device(op, [("x", x), ("dy", dy), ("crow_indices", crow), ("col_indices", col)])
+    C.size(op, "dy", dy, 0, x.shape[0], "the batch size of x")
+    C.size(op, "dy", dy, 1, crow.shape[0] - 1, "the rows of the pattern, len(crow_indices) - 1")
+
+
+def _check_sddmm_values(crow, col, dy, x):
+    C.compressed_index_values("granet::csr_sddmm", "crow_indices", crow, "col_indices", col, x.shape[1])
+
+
+csr_sddmm_def = register_op(
+    "csr_sddmm",
+    check=_check_sddmm,
+    check_values=_check_sddmm_values,
+    reference=reference.csr_sddmm,
+    fake_output=lambda crow, col, dy, x: x.new_empty(col.shape[0]),
+    flops=lambda crow, col, dy, x: 2 * col.numel() * x.shape[0],
+)
+
+
+# --- autograd -------------------------------------------------------------------------------------
+
+def _spmm_backward(saved, grad):
+    crow, col, values, x = saved
+    grad_values = torch.ops.granet.csr_sddmm(crow, col, grad, x)
+    ccol, row, perm = transpose_index(crow, col, x.shape[1])
+    grad_x = torch.ops.granet.csr_spmm_t(ccol, row, perm, values, grad)
+    return None, None, grad_values, grad_x
+
+
+register_linear_autograd(csr_spmm_def, _spmm_backward)
+register_not_differentiable(csr_spmm_t_def, "use csr_spmm, whose backward calls it")
+register_not_differentiable(csr_sddmm_def, "use csr_spmm, whose backward calls it")
+
+
+# --- Python face ----------------------------------------------------------------------------------
+
+def csr_spmm(crow_indices, col_indices, values, x):
+    """y = x @ W^T for W [M, K] in CSR (int32 indices); x [N, K] -> [N, M]. Differentiable in values and x."""
+    return torch.ops.granet.csr_spmm(crow_indices, col_indices, values, x)
+
+
+def csr_spmm_t(ccol_indices, row_indices, perm, values, dy):
+    """dx = dy @ W through W's transposed index (see transpose_index); dy [N, M] -> [N, K]."""
+    return torch.ops.granet.csr_spmm_t(ccol_indices, row_indices, perm, values, dy)
+
+
+def csr_sddmm(crow_indices, col_indices, dy, x):
+    """(dy^T @ x) sampled at the pattern's nonzeros, in CSR order: dy [N, M], x [N, K] -> [nnz]."""
+    return torch.ops.granet.csr_sddmm(crow_indices, col_indices, dy, x)

@@ -1,0 +1,61 @@
+"""Masked matmul: y = x @ (weight * mask)^T + bias without materialising weight * mask."""
+
+from __future__ import annotations
+
+import torch
+
+from granet_kernels.ops import _checks as C
+from granet_kernels.ops import reference
+from granet_kernels.ops._autograd import register_linear_autograd
+from granet_kernels.ops._registry import Kernel, nnz_of_mask, register_op
+
+OP = "granet::masked_matmul"
+
+
+def _check(x, weight, mask, bias=None):
+    C.tensor(OP, "x", x, dim=2, dtypes=C.FLOAT_DTYPES)
+    C.tensor(OP, "weight", weight, dim=2, dtypes=C.FLOAT_DTYPES)
+    C.tensor(OP, "mask", mask, dim=2, dtypes=(torch.bool,))
+    C.same_dtype(OP, [("x", x), ("weight", weight)])
+    C.size(OP, "weight", weight, 1, x.shape[1], "the features of x")
+    if mask.shape != weight.shape:
+        raise ValueError(f"{OP}: mask must have weight's shape {tuple(weight.shape)}, got {tuple(mask.shape)}")
+    if bias is not None:
+        C.tensor(OP, "bias", bias, dim=1)
+        C.same_dtype(OP, [("x", x), ("bias", bias)])
+        C.size(OP, "bias", bias, 0, weight.shape[0], "the rows of weight")
+    C.same_device(OP, [("x", x), ("weight", weight), ("mask", mask), ("bias", bias)])
+
+
+def _triton(x, weight, mask, bias=None):
+    from granet_kernels.triton import masked_matmul as kernels
+
+    return kernels.masked_matmul(x, weight, mask, bias)
+
+
+masked_matmul_def = register_op(
+    "masked_matmul",
+    check=_check,
+    reference=reference.masked_matmul,
+    fake_output=lambda x, weight, mask, bias=None: x.new_empty(x.shape[0], weight.shape[0]),
+    flops=lambda x, weight, mask, bias=None: 2 * x.shape[0] * nnz_of_mask(mask),
+    kernels={"triton": Kernel(_triton, C.FLOAT_DTYPES)},
+    cuda_order=("triton", "reference"),
+)
+
+
+def _backward(saved, grad):
+    x, weight, mask, bias = saved
+    # dx = dy @ (w * m) is itself a masked matmul, over the transposed weight and mask.
+    grad_x = torch.ops.granet.masked_matmul(grad, weight.t(), mask.t(), None)
+    grad_weight = (grad.t() @ x) * mask
+    grad_bias = grad.sum(0) if bias is not None else None
+    return grad_x, grad_weight, None, grad_bias
+
+
+register_linear_autograd(masked_matmul_def, _backward)
+
+
+def masked_matmul(x, weight, mask, bias=None):
+    """y = x @ (weight * mask)^T + bias; x [N, K], weight/mask [M, K] (mask bool) -> [N, M]."""
+    return torch.ops.granet.masked_matmul(x, weight, mask, bias)

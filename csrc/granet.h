@@ -5,20 +5,40 @@
 
 #include <torch/types.h>
 
+#include <tuple>
+
 namespace granet {
 
+// --- CPU (csrc/cpu) ---
 // y[N, M] = x[N, K] @ W^T, W an M x K CSR matrix (int32 crow/col, values like x).
-at::Tensor csr_spmm_cpu(const at::Tensor& crow, const at::Tensor& col, const at::Tensor& values,
-                        const at::Tensor& x);
+at::Tensor csr_spmm_cpu(const at::Tensor& crow, const at::Tensor& col, const at::Tensor& values, const at::Tensor& x);
+// dx[N, K] = dy[N, M] @ W through W's CSC index (ccol [K+1], row [nnz], perm [nnz] -> CSR position).
+at::Tensor csr_spmm_t_cpu(const at::Tensor& ccol, const at::Tensor& row, const at::Tensor& perm,
+                          const at::Tensor& values, const at::Tensor& dy);
+// dvalues[q] = <dy[:, row(q)], x[:, col(q)]> in CSR order.
+at::Tensor csr_sddmm_cpu(const at::Tensor& crow, const at::Tensor& col, const at::Tensor& dy, const at::Tensor& x);
+// Both backward products of y = x @ W^T in one CSC pass: (dx, dvalues in CSR order).
+std::tuple<at::Tensor, at::Tensor> csr_linear_backward_cpu(const at::Tensor& ccol, const at::Tensor& row,
+                                                           const at::Tensor& perm, const at::Tensor& values,
+                                                           const at::Tensor& dy, const at::Tensor& x);
+
 #ifdef GRANET_WITH_CUDA
-at::Tensor csr_spmm_cuda(const at::Tensor& crow, const at::Tensor& col, const at::Tensor& values,
-                         const at::Tensor& x);
+// --- CUDA (csrc/cuda) ---
+at::Tensor csr_spmm_cuda(const at::Tensor& crow, const at::Tensor& col, const at::Tensor& values, const at::Tensor& x);
 #endif
 
-// Checks shared by the CPU and CUDA entry points (shapes, dtypes, devices; not index values).
-void check_csr_spmm_args(const char* op, const at::Tensor& crow, const at::Tensor& col,
-                         const at::Tensor& values, const at::Tensor& x);
-// Index-value checks on host copies of crow/col (monotone crow, crow[0]=0, crow[M]=nnz, 0<=col<K).
-void check_csr_indices(const char* op, const at::Tensor& crow, const at::Tensor& col, int64_t n_cols);
+// --- checks (csrc/checks.cpp); messages name the op and the argument ---
+// 2-D float32/float64 dense operand.
+void check_dense(const char* op, const char* name, const at::Tensor& t);
+// 1-D int32 compressed index pair; with check_values, also ptr[0] = 0, non-decreasing,
+// ptr[-1] = len(idx), 0 <= idx < bound (reads host copies).
+void check_compressed_index(const char* op, const char* ptr_name, const at::Tensor& ptr, const char* idx_name,
+                            const at::Tensor& idx, int64_t bound);
+// 0 <= idx < bound for a 1-D int32 tensor.
+void check_index_range(const char* op, const char* name, const at::Tensor& idx, int64_t bound);
+void check_same_device(const char* op, const at::Tensor& ref, std::initializer_list<const at::Tensor*> others);
+// The CSR SpMM arguments (shapes, dtypes, devices and index values).
+void check_csr_spmm_args(const char* op, const at::Tensor& crow, const at::Tensor& col, const at::Tensor& values,
+                         const at::Tensor& x);
 
 }  // namespace granet

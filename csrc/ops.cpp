@@ -36,12 +36,24 @@ TORCH_LIBRARY(granet, m) {
   // ties broken by the lower index.
   m.def("regrow(Tensor mask, Tensor score, int k) -> Tensor");
 
-  // Native kernels behind the public ops.
+  // Both backward products of y = x @ W^T (W in CSR, given here by its CSC index) in one pass:
+  // (dx = dy @ W [N, K], dvalues = (dy^T x) at the nonzeros, in CSR order [nnz]).
+  m.def("csr_linear_backward(Tensor ccol_indices, Tensor row_indices, Tensor perm, Tensor values, Tensor dy, "
+        "Tensor x) -> (Tensor, Tensor)");
+
+  // Native kernels behind the public ops (same schemas, one per kernel family).
   m.def("_native_csr_spmm(Tensor crow_indices, Tensor col_indices, Tensor values, Tensor x) -> Tensor");
+  m.def("_native_csr_spmm_t(Tensor ccol_indices, Tensor row_indices, Tensor perm, Tensor values, Tensor dy) -> Tensor");
+  m.def("_native_csr_sddmm(Tensor crow_indices, Tensor col_indices, Tensor dy, Tensor x) -> Tensor");
+  m.def("_native_csr_linear_backward(Tensor ccol_indices, Tensor row_indices, Tensor perm, Tensor values, "
+        "Tensor dy, Tensor x) -> (Tensor, Tensor)");
 }
 
 TORCH_LIBRARY_IMPL(granet, CPU, m) {
   m.impl("_native_csr_spmm", &granet::csr_spmm_cpu);
+  m.impl("_native_csr_spmm_t", &granet::csr_spmm_t_cpu);
+  m.impl("_native_csr_sddmm", &granet::csr_sddmm_cpu);
+  m.impl("_native_csr_linear_backward", &granet::csr_linear_backward_cpu);
 }
 
 #ifdef GRANET_WITH_CUDA

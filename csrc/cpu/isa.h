@@ -1,6 +1,5 @@
-// Run-time choice of the CPU instruction set. The kernels are compiled once per ISA (each
-// kernels_<isa>.cpp includes kernels_impl.h under its own target pragma), so one binary runs
-// on any x86-64 and uses AVX-512 / AVX2 where the CPU has them.
+// Run-time choice of the CPU instruction set. The kernels are compiled once per ISA (see
+// for_each_isa.h), so one binary runs on any x86-64 and uses AVX-512 / AVX2 where the CPU has them.
 #pragma once
 
 #include <cstdint>
@@ -14,22 +13,14 @@ enum class Isa { generic = 0, avx2 = 1, avx512 = 2 };
 Isa active_isa();
 const char* isa_name(Isa isa);
 
-// One declaration block per ISA namespace; definitions live in kernels_impl.h.
-#define GRANET_DECLARE_CPU_KERNELS(NS)                                                               \
-  namespace NS {                                                                                     \
-  void csr_spmm_f32(const int32_t* crow, const int32_t* col, const float* values, const float* x,  \
-                    float* y, float* panel_buffer, int64_t n, int64_t m, int64_t k);                 \
-  void csr_spmm_f64(const int32_t* crow, const int32_t* col, const double* values, const double* x, \
-                    double* y, double* panel_buffer, int64_t n, int64_t m, int64_t k);               \
-  }
-
-GRANET_DECLARE_CPU_KERNELS(generic)
+// Calls the copy of kernel `fn` compiled for the active ISA (see for_each_isa.h).
 #if defined(__x86_64__)
-GRANET_DECLARE_CPU_KERNELS(avx2)
-GRANET_DECLARE_CPU_KERNELS(avx512)
+#define GRANET_ISA_CALL(fn, ...)                                                     \
+  (::granet::cpu::active_isa() == ::granet::cpu::Isa::avx512 ? ::granet::cpu::avx512::fn(__VA_ARGS__) \
+   : ::granet::cpu::active_isa() == ::granet::cpu::Isa::avx2 ? ::granet::cpu::avx2::fn(__VA_ARGS__) \
+                                                             : ::granet::cpu::generic::fn(__VA_ARGS__))
 #else
-namespace avx2 = generic;
-namespace avx512 = generic;
+#define GRANET_ISA_CALL(fn, ...) ::granet::cpu::generic::fn(__VA_ARGS__)
 #endif
 
 // Batch-panel width (elements) of the CSR kernels: activations are packed as [N/BT][K][BT] so each

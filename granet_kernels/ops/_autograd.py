@@ -10,14 +10,14 @@ from granet_kernels.ops._registry import OpDef
 
 
 def register_linear_autograd(opdef: OpDef, backward: Callable):
-    """Register `backward(saved_inputs, grad) -> grads` for an op; all tensor inputs are saved
-    (they are needed by the products)."""
+    """Register `backward(saved_inputs, grad, needs_input_grad) -> grads` for an op; all inputs
+    are saved (the products need them); grads not needed may be None."""
 
     def setup_context(ctx, inputs, output):
         ctx.inputs = inputs
 
     def bwd(ctx, grad):
-        grads = backward(ctx.inputs, grad)
+        grads = backward(ctx.inputs, grad, ctx.needs_input_grad)
         return tuple(g if needed else None for g, needed in zip(grads, ctx.needs_input_grad))
 
     torch.library.register_autograd(opdef.qualname, bwd, setup_context=setup_context)

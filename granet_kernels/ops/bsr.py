@@ -109,7 +109,7 @@ bsr_sddmm_def = register_op(
 )
 
 
-def _spmm_backward(saved, grad):
+def _spmm_backward(saved, grad, needs):
     crow, col, values, x = saved
     bs = values.shape[1]
     grad_values = torch.ops.granet.bsr_sddmm(crow, col, grad, x, bs)

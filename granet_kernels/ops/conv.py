@@ -140,7 +140,7 @@ sparse_conv2d_dw_def = register_op(
 )
 
 
-def _forward_backward(saved, grad):
+def _forward_backward(saved, grad, needs):
     input, crow, col, values, kernel_size, stride, padding, dilation, bias = saved
     grad_input = torch.ops.granet.sparse_conv2d_dx(
         grad, crow, col, values, list(input.shape), kernel_size, stride, padding, dilation

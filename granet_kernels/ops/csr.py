@@ -71,6 +71,7 @@ csr_spmm_t_def = register_op(
     reference=reference.csr_spmm_t,
     fake_output=lambda ccol, row, perm, values, dy: dy.new_empty(dy.shape[0], ccol.shape[0] - 1),
     flops=lambda ccol, row, perm, values, dy: 2 * row.numel() * dy.shape[0],
+    kernels={"cpu": Kernel(lambda *a: torch.ops.granet._native_csr_spmm_t(*a), NATIVE_DTYPES)},
 )
 
 
@@ -98,22 +99,51 @@ csr_sddmm_def = register_op(
     reference=reference.csr_sddmm,
     fake_output=lambda crow, col, dy, x: x.new_empty(col.shape[0]),
     flops=lambda crow, col, dy, x: 2 * col.numel() * x.shape[0],
+    kernels={"cpu": Kernel(lambda *a: torch.ops.granet._native_csr_sddmm(*a), NATIVE_DTYPES)},
+)
+
+
+# --- csr_linear_backward --------------------------------------------------------------------------
+
+def _check_linear_backward(ccol, row, perm, values, dy, x):
+    op = "granet::csr_linear_backward"
+    _check_spmm_t(ccol, row, perm, values, dy)
+    C.tensor(op, "x", x, dim=2, dtypes=C.FLOAT_DTYPES)
+    C.same_dtype(op, [("dy", dy), ("x", x)])
+    C.same_device(op, [("dy", dy), ("x", x)])
+    C.size(op, "x", x, 0, dy.shape[0], "the batch size of dy")
+    C.size(op, "x", x, 1, ccol.shape[0] - 1, "the columns of the pattern, len(ccol_indices) - 1")
+
+
+csr_linear_backward_def = register_op(
+    "csr_linear_backward",
+    check=_check_linear_backward,
+    check_values=lambda ccol, row, perm, values, dy, x: _check_spmm_t_values(ccol, row, perm, values, dy),
+    reference=reference.csr_linear_backward,
+    fake_output=lambda ccol, row, perm, values, dy, x: (x.new_empty(x.shape), x.new_empty(row.shape[0])),
+    flops=lambda ccol, row, perm, values, dy, x: 4 * row.numel() * x.shape[0],
+    kernels={"cpu": Kernel(lambda *a: torch.ops.granet._native_csr_linear_backward(*a), NATIVE_DTYPES)},
 )
 
 
 # --- autograd -------------------------------------------------------------------------------------
 
-def _spmm_backward(saved, grad):
+def _spmm_backward(saved, grad, needs):
     crow, col, values, x = saved
-    grad_values = torch.ops.granet.csr_sddmm(crow, col, grad, x)
+    need_values, need_x = needs[2], needs[3]
+    if need_values and not need_x:
+        return None, None, torch.ops.granet.csr_sddmm(crow, col, grad, x), None
     ccol, row, perm = transpose_index(crow, col, x.shape[1])
-    grad_x = torch.ops.granet.csr_spmm_t(ccol, row, perm, values, grad)
+    if not need_values:
+        return None, None, None, torch.ops.granet.csr_spmm_t(ccol, row, perm, values, grad)
+    grad_x, grad_values = torch.ops.granet.csr_linear_backward(ccol, row, perm, values, grad, x)
     return None, None, grad_values, grad_x
 
 
 register_linear_autograd(csr_spmm_def, _spmm_backward)
 register_not_differentiable(csr_spmm_t_def, "use csr_spmm, whose backward calls it")
 register_not_differentiable(csr_sddmm_def, "use csr_spmm, whose backward calls it")
+register_not_differentiable(csr_linear_backward_def, "use csr_spmm, whose backward calls it")
 
 
 # --- Python face ----------------------------------------------------------------------------------
@@ -126,6 +156,11 @@ def csr_spmm(crow_indices, col_indices, values, x):
 def csr_spmm_t(ccol_indices, row_indices, perm, values, dy):
     """dx = dy @ W through W's transposed index (see transpose_index); dy [N, M] -> [N, K]."""
     return torch.ops.granet.csr_spmm_t(ccol_indices, row_indices, perm, values, dy)
+
+
+def csr_linear_backward(ccol_indices, row_indices, perm, values, dy, x):
+    """Both backward products of y = x @ W^T in one pass over W's CSC index: (dx [N, K], dvalues [nnz])."""
+    return torch.ops.granet.csr_linear_backward(ccol_indices, row_indices, perm, values, dy, x)
 
 
 def csr_sddmm(crow_indices, col_indices, dy, x):

@@ -39,12 +39,13 @@ masked_matmul_def = register_op(
     reference=reference.masked_matmul,
     fake_output=lambda x, weight, mask, bias=None: x.new_empty(x.shape[0], weight.shape[0]),
     flops=lambda x, weight, mask, bias=None: 2 * x.shape[0] * nnz_of_mask(mask),
-    kernels={"triton": Kernel(_triton, C.FLOAT_DTYPES)},
+    # Triton's dot has no fp64 path on the GPU (and the interpreter mishandles it): fp64 -> reference.
+    kernels={"triton": Kernel(_triton, (torch.float16, torch.bfloat16, torch.float32))},
     cuda_order=("triton", "reference"),
 )
 
 
-def _backward(saved, grad):
+def _backward(saved, grad, needs):
     x, weight, mask, bias = saved
     # dx = dy @ (w * m) is itself a masked matmul, over the transposed weight and mask.
     grad_x = torch.ops.granet.masked_matmul(grad, weight.t(), mask.t(), None)

@@ -43,6 +43,13 @@ def csr_spmm_t(ccol, row, perm, values, dy):
     return csr_spmm(ccol, row, values[perm.long()], dy)
 
 
+def csr_linear_backward(ccol, row, perm, values, dy, x):
+    dx = csr_spmm_t(ccol, row, perm, values, dy)
+    cols = csr_rows(ccol, row.numel())  # the column of every CSC slot
+    per_slot = (dy[:, row.long()] * x[:, cols]).sum(0)
+    return dx, torch.zeros_like(per_slot).index_put_((perm.long(),), per_slot)
+
+
 def csr_sddmm(crow, col, dy, x):
     rows = csr_rows(crow, col.numel())
     return (dy[:, rows] * x[:, col.long()]).sum(0)

@@ -36,6 +36,16 @@ topk_threshold_def = register_op(
 )
 
 
+@torch.library.impl(topk_threshold_def.qualname, "CompositeExplicitAutograd")
+def _topk_threshold_without_device(tensors, k):
+    """An empty list has no tensor to pick a kernel by: the dispatcher sends it here (the
+    Undefined key resolves to CompositeExplicitAutograd) rather than raising its own
+    NotImplementedError, so the op's check can name the bad argument. The CPU and CUDA kernels
+    registered by register_op take precedence for every non-empty list."""
+    _check_topk(tensors, k)
+    raise NotImplementedError(f"granet::topk_threshold has no kernel for {tensors[0].device.type} tensors")
+
+
 def _check_regrow(mask, score, k):
     op = "granet::regrow"
     C.tensor(op, "mask", mask, dtypes=(torch.bool,))

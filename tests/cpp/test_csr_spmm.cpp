@@ -1,8 +1,11 @@
-// C++ test of the native CSR SpMM (y[N, M] = x[N, K] @ W^T, W an M x K CSR matrix), built by
-// CMakeLists.txt and run by ctest. It calls the kernel twice per case: through the dispatcher
-// (granet::_native_csr_spmm, registered by the static initialisers of ops.cpp, so this also checks
-// that the registration survived linking) and directly (granet::csr_spmm_cpu), and compares both
-// with a dense at::matmul reference. Exit status: 0 when every check passes.
+// C++ test of the native CSR SpMM (y[N, M] = x[N, K] @ W^T, W an M x K CSR matrix with int32
+// indices), built by CMakeLists.txt and run by ctest. Each case is a random CSR matrix (float and
+// double; empty rows, a batch of 1, sizes off the 8/32 multiples) computed twice: through the
+// dispatcher (granet::_native_csr_spmm, registered by the static initialisers of ops.cpp, so this also
+// checks that the registration survived linking) and directly (granet::csr_spmm_cpu), both compared
+// with a dense at::matmul reference. Invalid indices must raise a c10::Error, not crash. With the
+// CUDA kernels built and a GPU present, the cases run on the GPU as well.
+// Prints one result line; exit status 0 when every check passes, 1 otherwise.
 #include <ATen/ATen.h>
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <c10/util/Exception.h>
@@ -92,9 +95,13 @@ struct Case {
   bool strided_x = false;  // x given as a non-contiguous (transposed) view
 };
 
-void run_case(const Case& c, at::ScalarType dtype, const c10::TypedOperatorHandle<SpmmFn>& op, std::mt19937& rng) {
-  const std::string label = std::string(c.name) + " [" + c10::toString(dtype) + ", N=" + std::to_string(c.n) +
-                            " M=" + std::to_string(c.m) + " K=" + std::to_string(c.k) + "]";
+// The case on `device` (CPU, or CUDA when built with the CUDA kernels and a GPU is present): the
+// dispatcher's kernel and the device's entry point, both against the dense reference from the CPU.
+void run_case(const Case& c, at::ScalarType dtype, const c10::TypedOperatorHandle<SpmmFn>& op, std::mt19937& rng,
+              at::DeviceType device) {
+  const std::string label = std::string(c.name) + " [" + c10::DeviceTypeName(device, true) + " " +
+                            c10::toString(dtype) + ", N=" + std::to_string(c.n) + " M=" + std::to_string(c.m) +
+                            " K=" + std::to_string(c.k) + "]";
   const Csr w = random_csr(c.m, c.k, c.density, c.empty_rows, dtype, rng);
   const auto opts = at::TensorOptions().dtype(dtype);
   const at::Tensor x = c.strided_x ? at::randn({c.k, c.n}, opts).t() : at::randn({c.n, c.k}, opts);
@@ -102,12 +109,23 @@ void run_case(const Case& c, at::ScalarType dtype, const c10::TypedOperatorHandl
   const double rtol = dtype == at::kFloat ? 1e-4 : 1e-10;
   const double atol = dtype == at::kFloat ? 1e-4 : 1e-10;
   try {
-    const at::Tensor via_dispatcher = op.call(w.crow, w.col, w.values, x);
+    const at::Tensor crow = w.crow.to(device), col = w.col.to(device), values = w.values.to(device);
+    const at::Tensor xd = x.to(device);  // stays a strided view on the CPU
+    const at::Tensor via_dispatcher = op.call(crow, col, values, xd).cpu();
     expect(close(via_dispatcher, want, rtol, atol),
            label + ": dispatcher result differs from the dense reference, max |diff| = " +
                std::to_string(max_abs_diff(via_dispatcher, want)));
-    const at::Tensor direct = granet::csr_spmm_cpu(w.crow, w.col, w.values, x);
-    expect(close(direct, want, rtol, atol), label + ": csr_spmm_cpu result differs from the dense reference, max |diff| = " +
+    at::Tensor direct;
+    std::string entry = "csr_spmm_cpu";
+    if (device == at::kCPU) {
+      direct = granet::csr_spmm_cpu(crow, col, values, xd);
+    } else {
+#ifdef GRANET_WITH_CUDA
+      entry = "csr_spmm_cuda";
+      direct = granet::csr_spmm_cuda(crow, col, values, xd).cpu();
+#endif
+    }
+    expect(close(direct, want, rtol, atol), label + ": " + entry + " result differs from the dense reference, max |diff| = " +
                                                 std::to_string(max_abs_diff(direct, want)));
   } catch (const std::exception& e) {
     expect(false, label + ": threw " + e.what());
@@ -127,26 +145,32 @@ void expect_c10_error(const std::string& label, Fn fn) {
   }
 }
 
-void check_bad_indices(const c10::TypedOperatorHandle<SpmmFn>& op, std::mt19937& rng) {
+void check_bad_indices(const c10::TypedOperatorHandle<SpmmFn>& op, std::mt19937& rng, at::DeviceType device) {
+  const std::string dev = c10::DeviceTypeName(device, true);
   const Csr w = random_csr(9, 13, 0.5, {}, at::kFloat, rng);
-  const at::Tensor x = at::randn({3, 13});
+  const at::Tensor x = at::randn({3, 13}).to(device), values = w.values.to(device);
   for (int32_t bad : {13, 1000, -1}) {
-    at::Tensor col = w.col.clone();
-    col.data_ptr<int32_t>()[col.numel() / 2] = bad;
-    const std::string which = "col_indices entry " + std::to_string(bad) + " (K = 13)";
-    expect_c10_error("dispatcher rejects " + which, [&] { op.call(w.crow, col, w.values, x); });
-    expect_c10_error("csr_spmm_cpu rejects " + which, [&] { granet::csr_spmm_cpu(w.crow, col, w.values, x); });
+    at::Tensor col_cpu = w.col.clone();
+    col_cpu.data_ptr<int32_t>()[col_cpu.numel() / 2] = bad;
+    const at::Tensor crow = w.crow.to(device), col = col_cpu.to(device);
+    const std::string which = " col_indices entry " + std::to_string(bad) + " (K = 13)";
+    expect_c10_error(dev + " dispatcher rejects" + which, [&] { op.call(crow, col, values, x); });
+    if (device == at::kCPU) {
+      expect_c10_error("csr_spmm_cpu rejects" + which, [&] { granet::csr_spmm_cpu(crow, col, values, x); });
+    }
   }
-  at::Tensor crow = w.crow.clone();
-  crow.data_ptr<int32_t>()[crow.numel() - 1] = static_cast<int32_t>(w.col.numel() + 5);
-  expect_c10_error("csr_spmm_cpu rejects crow_indices[-1] != nnz", [&] { granet::csr_spmm_cpu(crow, w.col, w.values, x); });
-  expect_c10_error("csr_spmm_cpu rejects int64 crow_indices",
-                   [&] { granet::csr_spmm_cpu(w.crow.to(at::kLong), w.col, w.values, x); });
+  at::Tensor crow_cpu = w.crow.clone();
+  crow_cpu.data_ptr<int32_t>()[crow_cpu.numel() - 1] = static_cast<int32_t>(w.col.numel() + 5);
+  const at::Tensor crow = crow_cpu.to(device), col = w.col.to(device);
+  expect_c10_error(dev + " dispatcher rejects crow_indices[-1] != nnz", [&] { op.call(crow, col, values, x); });
+  expect_c10_error(dev + " dispatcher rejects int64 crow_indices",
+                   [&] { op.call(crow.to(at::kLong), col, values, x); });
 }
 
 }  // namespace
 
 int main() {
+  const char* cuda_status = "cuda not built";
   try {
     at::manual_seed(0);
     std::mt19937 rng(12345);
@@ -168,14 +192,26 @@ int main() {
         {"no rows", 6, 0, 10, 0.3, {}},
     };
     for (at::ScalarType dtype : {at::kFloat, at::kDouble}) {
-      for (const Case& c : cases) run_case(c, dtype, op, rng);
+      for (const Case& c : cases) run_case(c, dtype, op, rng, at::kCPU);
     }
-    check_bad_indices(op, rng);
+    check_bad_indices(op, rng, at::kCPU);
+#ifdef GRANET_WITH_CUDA
+    if (at::hasCUDA()) {
+      cuda_status = "cuda tested";
+      expect(op.hasKernelForDispatchKey(c10::DispatchKey::CUDA), "granet::_native_csr_spmm has a CUDA kernel");
+      for (at::ScalarType dtype : {at::kFloat, at::kDouble}) {
+        for (const Case& c : cases) run_case(c, dtype, op, rng, at::kCUDA);
+      }
+      check_bad_indices(op, rng, at::kCUDA);
+    } else {
+      cuda_status = "cuda built, no GPU: skipped";
+    }
+#endif
   } catch (const std::exception& e) {
     expect(false, std::string("unexpected exception: ") + e.what());
   }
   const char* isa = granet::cpu::isa_name(granet::cpu::active_isa());
-  std::printf("test_csr_spmm (cpu isa %s): %d checks, %d failed: %s\n", isa, g_checks, g_failures,
+  std::printf("test_csr_spmm (cpu isa %s, %s): %d checks, %d failed: %s\n", isa, cuda_status, g_checks, g_failures,
               g_failures == 0 ? "PASS" : "FAIL");
   return g_failures == 0 ? 0 : 1;
 }

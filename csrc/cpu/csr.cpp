@@ -1,0 +1,151 @@
+// CPU entry points of the CSR products: checks, panel packing, ISA choice.
+#include <ATen/ATen.h>
+
+#include "cpu/isa.h"
+#include "granet.h"
+
+#define GRANET_ISA_IMPL "cpu/csr_impl.h"
+#include "cpu/for_each_isa.h"
+
+namespace granet {
+
+namespace {
+
+template <typename T>
+at::Tensor pack(const at::Tensor& dense) {
+  const int64_t n = dense.size(0), k = dense.size(1);
+  at::Tensor panels = at::empty({cpu::panel_buffer_elems<T>(n, k)}, dense.options());
+  const at::Tensor src = dense.contiguous();
+  GRANET_ISA_CALL(pack<T>, src.data_ptr<T>(), panels.data_ptr<T>(), n, k);
+  return panels;
+}
+
+template <typename T>
+at::Tensor unpack(const at::Tensor& panels, int64_t n, int64_t k) {
+  at::Tensor out = at::empty({n, k}, panels.options());
+  GRANET_ISA_CALL(unpack<T>, panels.data_ptr<T>(), out.data_ptr<T>(), n, k);
+  return out;
+}
+
+void check_cpu(const char* op, const at::Tensor& t) {
+  TORCH_CHECK_VALUE(t.device().is_cpu(), op, ": the CPU kernel needs CPU tensors, got one on ", t.device());
+}
+
+// Checks of the CSC-side arguments shared by csr_spmm_t and csr_linear_backward.
+void check_csc_args(const char* op, const at::Tensor& ccol, const at::Tensor& row, const at::Tensor& perm,
+                    const at::Tensor& values, const at::Tensor& dy) {
+  check_dense(op, "dy", dy);
+  check_cpu(op, dy);
+  check_same_device(op, dy, {&ccol, &row, &perm, &values});
+  TORCH_CHECK_VALUE(values.dim() == 1 && values.numel() == row.numel(), op,
+                    ": values must be 1-D with as many entries as row_indices (", row.numel(), "), got shape ",
+                    values.sizes());
+  TORCH_CHECK_VALUE(values.scalar_type() == dy.scalar_type(), op, ": values dtype ", values.scalar_type(),
+                    " does not match dy dtype ", dy.scalar_type());
+  TORCH_CHECK_VALUE(perm.numel() == row.numel(), op, ": perm must have as many entries as row_indices");
+  check_compressed_index(op, "ccol_indices", ccol, "row_indices", row, dy.size(1));
+  check_index_range(op, "perm", perm, values.numel());
+}
+
+// Values in CSC slot order: one gather per call (reading through perm in the inner loop is slower).
+at::Tensor csc_values(const at::Tensor& values_in, const at::Tensor& perm_in) {
+  const at::Tensor values = values_in.contiguous(), perm = perm_in.contiguous();
+  at::Tensor out = at::empty_like(values);
+  AT_DISPATCH_FLOATING_TYPES(values.scalar_type(), "granet_csc_values", [&] {
+    GRANET_ISA_CALL(gather_values<scalar_t>, values.data_ptr<scalar_t>(), perm.data_ptr<int32_t>(),
+                    out.data_ptr<scalar_t>(), values.numel());
+  });
+  return out;
+}
+
+}  // namespace
+
+at::Tensor csr_spmm_cpu(const at::Tensor& crow, const at::Tensor& col, const at::Tensor& values_in,
+                        const at::Tensor& x) {
+  constexpr const char* op = "granet::csr_spmm";
+  check_csr_spmm_args(op, crow, col, values_in, x);
+  check_cpu(op, x);
+  const int64_t n = x.size(0), k = x.size(1), m = crow.numel() - 1;
+  const at::Tensor c = crow.contiguous(), j = col.contiguous(), values = values_in.contiguous();
+  return AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "granet_csr_spmm_cpu", [&] {
+    const at::Tensor xp = pack<scalar_t>(x);
+    at::Tensor yp = at::empty({cpu::panel_buffer_elems<scalar_t>(n, m)}, x.options());
+    GRANET_ISA_CALL(spmm<scalar_t>, c.data_ptr<int32_t>(), j.data_ptr<int32_t>(), values.data_ptr<scalar_t>(),
+                    xp.data_ptr<scalar_t>(), yp.data_ptr<scalar_t>(), n, m, k);
+    return unpack<scalar_t>(yp, n, m);
+  });
+}
+
+at::Tensor csr_spmm_t_cpu(const at::Tensor& ccol, const at::Tensor& row, const at::Tensor& perm,
+                          const at::Tensor& values, const at::Tensor& dy) {
+  constexpr const char* op = "granet::csr_spmm_t";
+  check_csc_args(op, ccol, row, perm, values, dy);
+  const int64_t n = dy.size(0), m = dy.size(1), k = ccol.numel() - 1;
+  const at::Tensor cc = ccol.contiguous(), r = row.contiguous(), w_csc = csc_values(values, perm);
+  return AT_DISPATCH_FLOATING_TYPES(dy.scalar_type(), "granet_csr_spmm_t_cpu", [&] {
+    const at::Tensor dyp = pack<scalar_t>(dy);
+    at::Tensor dxp = at::empty({cpu::panel_buffer_elems<scalar_t>(n, k)}, dy.options());
+    GRANET_ISA_CALL(backward<scalar_t>, cc.data_ptr<int32_t>(), r.data_ptr<int32_t>(), w_csc.data_ptr<scalar_t>(),
+                    dyp.data_ptr<scalar_t>(), nullptr, dxp.data_ptr<scalar_t>(), nullptr, n, m, k, true, false);
+    return unpack<scalar_t>(dxp, n, k);
+  });
+}
+
+at::Tensor csr_sddmm_cpu(const at::Tensor& crow, const at::Tensor& col, const at::Tensor& dy, const at::Tensor& x) {
+  constexpr const char* op = "granet::csr_sddmm";
+  check_dense(op, "dy", dy);
+  check_dense(op, "x", x);
+  check_cpu(op, x);
+  check_same_device(op, x, {&crow, &col, &dy});
+  TORCH_CHECK_VALUE(dy.scalar_type() == x.scalar_type(), op, ": dy dtype ", dy.scalar_type(), " does not match x dtype ",
+                    x.scalar_type());
+  TORCH_CHECK_VALUE(dy.size(0) == x.size(0), op, ": dy and x must have the same batch size");
+  TORCH_CHECK_VALUE(dy.size(1) == crow.numel() - 1, op, ": dy.shape[1] must be len(crow_indices) - 1 = ",
+                    crow.numel() - 1, ", got ", dy.size(1));
+  check_compressed_index(op, "crow_indices", crow, "col_indices", col, x.size(1));
+  const int64_t n = x.size(0), k = x.size(1), m = dy.size(1);
+  const at::Tensor c = crow.contiguous(), j = col.contiguous();
+  at::Tensor dw = at::empty({col.numel()}, x.options());
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "granet_csr_sddmm_cpu", [&] {
+    const at::Tensor dyp = pack<scalar_t>(dy), xp = pack<scalar_t>(x);
+    GRANET_ISA_CALL(sddmm<scalar_t>, c.data_ptr<int32_t>(), j.data_ptr<int32_t>(), dyp.data_ptr<scalar_t>(),
+                    xp.data_ptr<scalar_t>(), dw.data_ptr<scalar_t>(), n, m, k);
+  });
+  return dw;
+}
+
+std::tuple<at::Tensor, at::Tensor> csr_linear_backward_cpu(const at::Tensor& ccol, const at::Tensor& row,
+                                                           const at::Tensor& perm, const at::Tensor& values,
+                                                           const at::Tensor& dy, const at::Tensor& x) {
+  constexpr const char* op = "granet::csr_linear_backward";
+  check_csc_args(op, ccol, row, perm, values, dy);
+  check_dense(op, "x", x);
+  check_same_device(op, dy, {&x});
+  TORCH_CHECK_VALUE(x.scalar_type() == dy.scalar_type(), op, ": x dtype ", x.scalar_type(), " does not match dy dtype ",
+                    dy.scalar_type());
+  TORCH_CHECK_VALUE(x.size(0) == dy.size(0), op, ": x and dy must have the same batch size");
+  TORCH_CHECK_VALUE(x.size(1) == ccol.numel() - 1, op, ": x.shape[1] must be len(ccol_indices) - 1 = ",
+                    ccol.numel() - 1, ", got ", x.size(1));
+  const int64_t n = dy.size(0), m = dy.size(1), k = x.size(1);
+  const at::Tensor cc = ccol.contiguous(), r = row.contiguous(), w_csc = csc_values(values, perm);
+  at::Tensor dw_csc = at::empty({row.numel()}, dy.options());
+  at::Tensor dx = AT_DISPATCH_FLOATING_TYPES(dy.scalar_type(), "granet_csr_linear_backward_cpu", [&] {
+    const at::Tensor dyp = pack<scalar_t>(dy), xp = pack<scalar_t>(x);
+    at::Tensor dxp = at::empty({cpu::panel_buffer_elems<scalar_t>(n, k)}, dy.options());
+    GRANET_ISA_CALL(backward<scalar_t>, cc.data_ptr<int32_t>(), r.data_ptr<int32_t>(), w_csc.data_ptr<scalar_t>(),
+                    dyp.data_ptr<scalar_t>(), xp.data_ptr<scalar_t>(), dxp.data_ptr<scalar_t>(),
+                    dw_csc.data_ptr<scalar_t>(), n, m, k, true, true);
+    return unpack<scalar_t>(dxp, n, k);
+  });
+  // Gradients go back in CSR order, the order of the values. perm is checked to be in range; if it
+  // repeats a position, some entries would stay unwritten: start from zeros.
+  at::Tensor dvalues = at::zeros_like(dw_csc);
+  const at::Tensor pc = perm.contiguous();
+  AT_DISPATCH_FLOATING_TYPES(dy.scalar_type(), "granet_csr_scatter", [&] {
+    GRANET_ISA_CALL(scatter_values<scalar_t>, dw_csc.data_ptr<scalar_t>(), pc.data_ptr<int32_t>(),
+                    dvalues.data_ptr<scalar_t>(), dw_csc.numel());
+  });
+  return {dx, dvalues};
+}
+
+}  // namespace granet

@@ -1,0 +1,317 @@
+// CSR kernels, compiled once per ISA by for_each_isa.h (namespace granet::cpu::GRANET_ISA).
+// Plain C++ only: see for_each_isa.h.
+//
+// Dense operands live in batch panels [ceil(N/BT)][features][BT]: a nonzero (i, j) then touches
+// one contiguous BT-wide row of the operand, and output tiles stay in registers.
+
+namespace granet {
+namespace cpu {
+namespace GRANET_ISA {
+
+namespace {
+
+inline int64_t min_i64(int64_t a, int64_t b) { return a < b ? a : b; }
+
+template <typename T>
+struct IntOf;
+template <>
+struct IntOf<float> {
+  typedef int32_t type;
+};
+template <>
+struct IntOf<double> {
+  typedef int64_t type;
+};
+
+template <typename T>
+struct Simd {
+  typedef T vec __attribute__((vector_size(GRANET_VECTOR_BYTES)));
+  static constexpr int lanes = GRANET_VECTOR_BYTES / sizeof(T);
+
+  static inline vec load(const T* p) {
+    vec v;
+    __builtin_memcpy(&v, p, sizeof(vec));
+    return v;
+  }
+  static inline void store(T* p, vec v) { __builtin_memcpy(p, &v, sizeof(vec)); }
+  static inline vec splat(T s) { return vec{} + s; }
+  static inline T hsum(vec v) {
+    T s = T(0);
+    for (int l = 0; l < lanes; ++l) s += v[l];
+    return s;
+  }
+};
+
+// Horizontal sums of four vectors at once (out[u] = sum of t_u's lanes): a transposing reduction
+// tree costs about as much as one plain horizontal sum.
+template <typename T>
+inline void hsum4(typename Simd<T>::vec t0, typename Simd<T>::vec t1, typename Simd<T>::vec t2,
+                  typename Simd<T>::vec t3, T* out) {
+  constexpr int L = Simd<T>::lanes;
+  if constexpr (L == 8) {
+    typedef typename IntOf<T>::type ivec __attribute__((vector_size(GRANET_VECTOR_BYTES)));
+    const ivec even = {0, 8, 2, 10, 4, 12, 6, 14}, odd = {1, 9, 3, 11, 5, 13, 7, 15};
+    const auto u0 = __builtin_shuffle(t0, t1, even) + __builtin_shuffle(t0, t1, odd);
+    const auto u1 = __builtin_shuffle(t2, t3, even) + __builtin_shuffle(t2, t3, odd);
+    const ivec lo = {0, 1, 8, 9, 4, 5, 12, 13}, hi = {2, 3, 10, 11, 6, 7, 14, 15};
+    const auto v = __builtin_shuffle(u0, u1, lo) + __builtin_shuffle(u0, u1, hi);
+    for (int u = 0; u < 4; ++u) out[u] = v[u] + v[u + 4];
+  } else {
+    out[0] = Simd<T>::hsum(t0);
+    out[1] = Simd<T>::hsum(t1);
+    out[2] = Simd<T>::hsum(t2);
+    out[3] = Simd<T>::hsum(t3);
+  }
+}
+
+// x [n][k] (row-major, contiguous) -> panels [ceil(n/BT)][k][BT], zero-filled past n.
+template <typename T, int BT>
+void pack_panels(const T* x, T* panels, int64_t n, int64_t k) {
+  const int64_t n_panels = (n + BT - 1) / BT;
+  constexpr int64_t KB = 64;  // transpose in k-blocks so reads and writes both stay in cache
+#pragma omp parallel for collapse(2) schedule(static)
+  for (int64_t p = 0; p < n_panels; ++p) {
+    for (int64_t k0 = 0; k0 < k; k0 += KB) {
+      const int64_t k1 = min_i64(k0 + KB, k);
+      T* dst = panels + p * k * BT;
+      for (int b = 0; b < BT; ++b) {
+        const int64_t r = p * BT + b;
+        if (r < n) {
+          const T* src = x + r * k;
+          for (int64_t j = k0; j < k1; ++j) dst[j * BT + b] = src[j];
+        } else {
+          for (int64_t j = k0; j < k1; ++j) dst[j * BT + b] = T(0);
+        }
+      }
+    }
+  }
+}
+
+// panels [ceil(n/BT)][k][BT] -> out [n][k].
+template <typename T, int BT>
+void unpack_panels(const T* panels, T* out, int64_t n, int64_t k) {
+  const int64_t n_panels = (n + BT - 1) / BT;
+  constexpr int64_t KB = 64;
+#pragma omp parallel for collapse(2) schedule(static)
+  for (int64_t p = 0; p < n_panels; ++p) {
+    for (int64_t k0 = 0; k0 < k; k0 += KB) {
+      const int64_t k1 = min_i64(k0 + KB, k);
+      const T* src = panels + p * k * BT;
+      const int64_t lanes = min_i64(BT, n - p * BT);
+      for (int64_t b = 0; b < lanes; ++b) {
+        T* dst = out + (p * BT + b) * k;
+        for (int64_t j = k0; j < k1; ++j) dst[j] = src[j * BT + b];
+      }
+    }
+  }
+}
+
+// Forward: y panels [P][m][BT] = sum over row i's nonzeros of values * x panel rows.
+template <typename T, int BT>
+void csr_spmm_panels(const int32_t* crow, const int32_t* col, const T* values, const T* xp, T* yp, int64_t n,
+                     int64_t m, int64_t k) {
+  using S = Simd<T>;
+  using vec = typename S::vec;
+  constexpr int NV = BT / S::lanes;
+  const int64_t n_panels = (n + BT - 1) / BT;
+  constexpr int64_t RB = 64;  // output rows per task
+  const int64_t row_blocks = (m + RB - 1) / RB;
+#pragma omp parallel for collapse(2) schedule(dynamic, 1)
+  for (int64_t p = 0; p < n_panels; ++p) {
+    for (int64_t rb = 0; rb < row_blocks; ++rb) {
+      const T* panel = xp + p * k * BT;
+      T* out = yp + p * m * BT;
+      const int64_t i_end = min_i64((rb + 1) * RB, m);
+      for (int64_t i = rb * RB; i < i_end; ++i) {
+        // Two accumulator sets hide the FMA latency of consecutive nonzeros.
+        vec a0[NV], a1[NV];
+        for (int v = 0; v < NV; ++v) a0[v] = a1[v] = vec{};
+        int32_t q = crow[i];
+        const int32_t q_end = crow[i + 1];
+        for (; q + 1 < q_end; q += 2) {
+          const vec w0 = S::splat(values[q]), w1 = S::splat(values[q + 1]);
+          const T* r0 = panel + static_cast<int64_t>(col[q]) * BT;
+          const T* r1 = panel + static_cast<int64_t>(col[q + 1]) * BT;
+          for (int v = 0; v < NV; ++v) {
+            a0[v] += w0 * S::load(r0 + v * S::lanes);
+            a1[v] += w1 * S::load(r1 + v * S::lanes);
+          }
+        }
+        if (q < q_end) {
+          const vec w0 = S::splat(values[q]);
+          const T* r0 = panel + static_cast<int64_t>(col[q]) * BT;
+          for (int v = 0; v < NV; ++v) a0[v] += w0 * S::load(r0 + v * S::lanes);
+        }
+        for (int v = 0; v < NV; ++v) S::store(out + i * BT + v * S::lanes, a0[v] + a1[v]);
+      }
+    }
+  }
+}
+
+// Backward in CSC order, fused: walking W by columns j, x's panel row j and the dx accumulator stay
+// in registers; each nonzero (i, j) loads dy's panel row i once and uses it twice:
+//   dx[:, j] += w(i, j) * dy[:, i]      (if DX)
+//   dw(i, j) += <dy[:, i], x[:, j]>     (if DW; summed over the panels)
+// No stores in the inner loop, no atomics: threads own disjoint column ranges. Slots go four at a
+// time so their dot products share one horizontal reduction. w_csc / dw_csc are in CSC slot order.
+template <typename T, int BT, bool DX, bool DW>
+void csc_backward_panels(const int32_t* ccol, const int32_t* row, const T* w_csc, const T* dyp, const T* xp, T* dxp,
+                         T* dw_csc, int64_t n, int64_t m, int64_t k) {
+  using S = Simd<T>;
+  using vec = typename S::vec;
+  constexpr int NV = BT / S::lanes;
+  const int64_t n_panels = (n + BT - 1) / BT;
+  constexpr int64_t CB = 64;  // columns per task
+  const int64_t col_blocks = (k + CB - 1) / CB;
+#pragma omp parallel for schedule(dynamic, 1)
+  for (int64_t cb = 0; cb < col_blocks; ++cb) {
+    const int64_t j_end = min_i64((cb + 1) * CB, k);
+    if (DW)
+      for (int32_t s = ccol[cb * CB]; s < ccol[j_end]; ++s) dw_csc[s] = T(0);
+    for (int64_t p = 0; p < n_panels; ++p) {
+      const T* dy_panel = dyp + p * m * BT;
+      const T* x_panel = xp + p * k * BT;
+      for (int64_t j = cb * CB; j < j_end; ++j) {
+        vec xj[NV], dx0[NV], dx1[NV];
+        for (int v = 0; v < NV; ++v) {
+          if (DW) xj[v] = S::load(x_panel + j * BT + v * S::lanes);
+          dx0[v] = dx1[v] = vec{};
+        }
+        int32_t s = ccol[j];
+        const int32_t s_end = ccol[j + 1];
+        for (; s + 3 < s_end; s += 4) {
+          vec dot[4];
+          for (int u = 0; u < 4; ++u) {
+            const T* dyi = dy_panel + static_cast<int64_t>(row[s + u]) * BT;
+            if (s + u + 8 < s_end) __builtin_prefetch(dy_panel + static_cast<int64_t>(row[s + u + 8]) * BT);
+            const vec w = S::splat(DX ? w_csc[s + u] : T(0));
+            vec d0 = vec{}, d1 = vec{};
+            for (int v = 0; v < NV; ++v) {
+              const vec d = S::load(dyi + v * S::lanes);
+              if (DX) {
+                if (u & 1) dx1[v] += w * d;
+                else dx0[v] += w * d;
+              }
+              if (DW) {
+                if (v & 1) d1 += d * xj[v];
+                else d0 += d * xj[v];
+              }
+            }
+            dot[u] = d0 + d1;
+          }
+          if (DW) {
+            T sums[4];
+            hsum4<T>(dot[0], dot[1], dot[2], dot[3], sums);
+            for (int u = 0; u < 4; ++u) dw_csc[s + u] += sums[u];
+          }
+        }
+        for (; s < s_end; ++s) {
+          const T* dyi = dy_panel + static_cast<int64_t>(row[s]) * BT;
+          const vec w = S::splat(DX ? w_csc[s] : T(0));
+          vec dot = vec{};
+          for (int v = 0; v < NV; ++v) {
+            const vec d = S::load(dyi + v * S::lanes);
+            if (DX) dx0[v] += w * d;
+            if (DW) dot += d * xj[v];
+          }
+          if (DW) dw_csc[s] += S::hsum(dot);
+        }
+        if (DX) {
+          T* out = dxp + p * k * BT + j * BT;
+          for (int v = 0; v < NV; ++v) S::store(out + v * S::lanes, dx0[v] + dx1[v]);
+        }
+      }
+    }
+  }
+}
+
+// values in CSC slot order: w_csc[s] = values[perm[s]].
+template <typename T>
+void gather(const T* values, const int32_t* perm, T* out, int64_t nnz) {
+#pragma omp parallel for schedule(static)
+  for (int64_t s = 0; s < nnz; ++s) out[s] = values[perm[s]];
+}
+
+// dvalues[perm[s]] = dw_csc[s].
+template <typename T>
+void scatter(const T* dw_csc, const int32_t* perm, T* out, int64_t nnz) {
+#pragma omp parallel for schedule(static)
+  for (int64_t s = 0; s < nnz; ++s) out[perm[s]] = dw_csc[s];
+}
+
+// SDDMM in CSR order: dw[q] = <dy[:, i], x[:, col(q)]> for the nonzeros q of row i.
+template <typename T, int BT>
+void csr_sddmm_panels(const int32_t* crow, const int32_t* col, const T* dyp, const T* xp, T* dw, int64_t n,
+                      int64_t m, int64_t k) {
+  using S = Simd<T>;
+  using vec = typename S::vec;
+  constexpr int NV = BT / S::lanes;
+  const int64_t n_panels = (n + BT - 1) / BT;
+  constexpr int64_t RB = 64;
+  const int64_t row_blocks = (m + RB - 1) / RB;
+#pragma omp parallel for schedule(dynamic, 1)
+  for (int64_t rb = 0; rb < row_blocks; ++rb) {
+    const int64_t i_end = min_i64((rb + 1) * RB, m);
+    for (int64_t i = rb * RB; i < i_end; ++i)
+      for (int32_t q = crow[i]; q < crow[i + 1]; ++q) dw[q] = T(0);
+    for (int64_t p = 0; p < n_panels; ++p) {
+      const T* dy_panel = dyp + p * m * BT;
+      const T* x_panel = xp + p * k * BT;
+      for (int64_t i = rb * RB; i < i_end; ++i) {
+        vec di[NV];
+        for (int v = 0; v < NV; ++v) di[v] = S::load(dy_panel + i * BT + v * S::lanes);
+        for (int32_t q = crow[i]; q < crow[i + 1]; ++q) {
+          const T* xr = x_panel + static_cast<int64_t>(col[q]) * BT;
+          vec dot = vec{};
+          for (int v = 0; v < NV; ++v) dot += di[v] * S::load(xr + v * S::lanes);
+          dw[q] += S::hsum(dot);
+        }
+      }
+    }
+  }
+}
+
+}  // namespace
+
+// Entry points: T = float (BT 32) or double (BT 16).
+template <typename T>
+inline void pack(const T* x, T* panels, int64_t n, int64_t k) {
+  pack_panels<T, 128 / sizeof(T)>(x, panels, n, k);
+}
+template <typename T>
+inline void unpack(const T* panels, T* out, int64_t n, int64_t k) {
+  unpack_panels<T, 128 / sizeof(T)>(panels, out, n, k);
+}
+template <typename T>
+inline void spmm(const int32_t* crow, const int32_t* col, const T* values, const T* xp, T* yp, int64_t n, int64_t m,
+                 int64_t k) {
+  csr_spmm_panels<T, 128 / sizeof(T)>(crow, col, values, xp, yp, n, m, k);
+}
+template <typename T>
+inline void backward(const int32_t* ccol, const int32_t* row, const T* w_csc, const T* dyp, const T* xp, T* dxp,
+                     T* dw_csc, int64_t n, int64_t m, int64_t k, bool need_dx, bool need_dw) {
+  constexpr int BT = 128 / sizeof(T);
+  if (need_dx && need_dw)
+    csc_backward_panels<T, BT, true, true>(ccol, row, w_csc, dyp, xp, dxp, dw_csc, n, m, k);
+  else if (need_dx)
+    csc_backward_panels<T, BT, true, false>(ccol, row, w_csc, dyp, xp, dxp, dw_csc, n, m, k);
+  else if (need_dw)
+    csc_backward_panels<T, BT, false, true>(ccol, row, w_csc, dyp, xp, dxp, dw_csc, n, m, k);
+}
+template <typename T>
+inline void gather_values(const T* values, const int32_t* perm, T* out, int64_t nnz) {
+  gather<T>(values, perm, out, nnz);
+}
+template <typename T>
+inline void scatter_values(const T* dw_csc, const int32_t* perm, T* out, int64_t nnz) {
+  scatter<T>(dw_csc, perm, out, nnz);
+}
+template <typename T>
+inline void sddmm(const int32_t* crow, const int32_t* col, const T* dyp, const T* xp, T* dw, int64_t n, int64_t m,
+                  int64_t k) {
+  csr_sddmm_panels<T, 128 / sizeof(T)>(crow, col, dyp, xp, dw, n, m, k);
+}
+
+}  // namespace GRANET_ISA
+}  // namespace cpu
+}  // namespace granet

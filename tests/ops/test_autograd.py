@@ -1,0 +1,161 @@
+"""Gradients of the differentiable ops: gradcheck in float64, and backward against torch autograd
+through the equivalent dense layer. The backward-only building blocks refuse to be differentiated."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import granet_kernels
+from granet_kernels.ops import OPS
+from granet_kernels.ops._index import csr_rows
+from granet_kernels.ops.samples import sample_inputs
+from granet_testing import DEVICES, requires_grad_floats
+
+# Positions of the floating arguments gradcheck differentiates with respect to.
+GRAD_ARGS = {
+    "csr_spmm": (2, 3),  # values, x
+    "bsr_spmm": (2, 3),  # values, x
+    "masked_matmul": (0, 1, 3),  # x, weight, bias
+    "sparse_conv2d": (0, 3, 8),  # input, values, bias
+}
+GRADCHECK_MAX_ELEMENTS = 600  # numerical Jacobians cost one forward per input element
+# Above this many input elements gradcheck runs in fast mode (one random projection of the Jacobian
+# instead of all of it); the smaller samples get the full check.
+GRADCHECK_FULL_ELEMENTS = 150
+
+
+def _grad_elements(name, args):
+    return sum(a.numel() for i, a in enumerate(args) if i in GRAD_ARGS[name] and isinstance(a, torch.Tensor))
+
+
+def _small_samples(name, device, seed):
+    samples = sample_inputs(name, device=device, dtype=torch.float64, seed=seed)
+    small = [s for s in samples if _grad_elements(name, s) <= GRADCHECK_MAX_ELEMENTS]
+    assert len(small) >= 2, f"{name}: too few small samples for gradcheck"
+    return small
+
+
+@pytest.mark.parametrize("backend", ["auto", "reference"])
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("name", list(GRAD_ARGS))
+def test_gradcheck(name, device, backend, seed):
+    opdef = OPS[name]
+    for i, args in enumerate(_small_samples(name, device, seed)):
+        leaves = requires_grad_floats(args, GRAD_ARGS[name])
+        positions = [j for j in GRAD_ARGS[name] if isinstance(leaves[j], torch.Tensor)]
+
+        def fn(*diff, leaves=leaves, positions=positions):
+            full = list(leaves)
+            for j, t in zip(positions, diff):
+                full[j] = t
+            return opdef.op(*full)
+
+        fast = _grad_elements(name, args) > GRADCHECK_FULL_ELEMENTS
+        with granet_kernels.backend(backend):
+            assert torch.autograd.gradcheck(fn, tuple(leaves[j] for j in positions), fast_mode=fast), f"{name} sample {i}"
+
+
+# --- backward against the dense layer -------------------------------------------------------------
+
+def _csr_dense(crow, col, values, n_cols):
+    """Dense [rows, n_cols] weight with values scattered in (differentiable in values)."""
+    rows = csr_rows(crow, col.numel())
+    dense = values.new_zeros(crow.numel() - 1, n_cols)
+    dense[rows, col.long()] = values  # the samples' patterns have no duplicate positions
+    return dense
+
+
+def _bsr_dense(crow, col, values, n_cols):
+    bs = values.shape[-1]
+    dense = values.new_zeros((crow.numel() - 1) * bs, n_cols)
+    for r in range(crow.numel() - 1):
+        for p in range(int(crow[r]), int(crow[r + 1])):
+            c = int(col[p])
+            dense[r * bs:(r + 1) * bs, c * bs:(c + 1) * bs] = values[p]
+    return dense
+
+
+def _grads(out, leaves, grad_out):
+    inputs = [t for t in leaves if isinstance(t, torch.Tensor) and t.requires_grad]
+    # An empty pattern leaves the dense layer's values unused: their gradient is zeros.
+    return torch.autograd.grad(out, inputs, grad_out, allow_unused=True, materialize_grads=True)
+
+
+def _compare(name, i, got, expected):
+    assert len(got) == len(expected)
+    for j, (g, e) in enumerate(zip(got, expected)):
+        torch.testing.assert_close(g, e, rtol=1e-10, atol=1e-10, msg=lambda m: f"{name} sample {i}, grad {j}: {m}")
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("name", list(GRAD_ARGS))
+def test_backward_matches_dense(name, device, seed):
+    opdef = OPS[name]
+    gen = torch.Generator().manual_seed(seed)
+    for i, args in enumerate(sample_inputs(name, device=device, dtype=torch.float64, seed=seed)):
+        ours = requires_grad_floats(args, GRAD_ARGS[name])
+        theirs = requires_grad_floats(args, GRAD_ARGS[name])
+        out = opdef.op(*ours)
+        grad_out = torch.randn(out.shape, generator=gen, dtype=out.dtype).to(device)
+        got = _grads(out, ours, grad_out)
+
+        if name == "csr_spmm":
+            crow, col, values, x = theirs
+            dense_out = F.linear(x, _csr_dense(crow, col, values, x.shape[1]))
+        elif name == "bsr_spmm":
+            crow, col, values, x = theirs
+            dense_out = F.linear(x, _bsr_dense(crow, col, values, x.shape[1]))
+        elif name == "masked_matmul":
+            x, weight, mask, bias = theirs
+            dense_out = F.linear(x, weight * mask, bias)
+        else:
+            input, crow, col, values, ks, stride, padding, dilation, bias = theirs
+            flat = _csr_dense(crow, col, values, input.shape[1] * ks[0] * ks[1])
+            weight = flat.reshape(flat.shape[0], input.shape[1], *ks)
+            dense_out = F.conv2d(input, weight, bias, stride, padding, dilation)
+        torch.testing.assert_close(out, dense_out.detach(), rtol=1e-10, atol=1e-10)
+        expected = _grads(dense_out, theirs, grad_out)
+        _compare(name, i, got, expected)
+        if name == "masked_matmul":
+            # Pruned weights get no gradient at all, not merely a small one.
+            weight_grad = got[1]
+            assert not bool(weight_grad[~args[2]].any()), f"sample {i}: gradient leaked outside the mask"
+
+
+def test_backward_of_csr_spmm_with_only_values_or_only_x():
+    """needs_input_grad is honoured: one of the two gradients alone is right too."""
+    args = sample_inputs("csr_spmm", dtype=torch.float64, seed=7)[4]
+    for position in (2, 3):
+        leaves = requires_grad_floats(args, (position,))
+        full = requires_grad_floats(args, (2, 3))
+        (alone,) = torch.autograd.grad(OPS["csr_spmm"].op(*leaves).sum(), leaves[position])
+        both = torch.autograd.grad(OPS["csr_spmm"].op(*full).sum(), (full[2], full[3]))
+        torch.testing.assert_close(alone, both[position - 2], rtol=0, atol=0)
+
+
+# The backward building blocks (csr_spmm_t, csr_sddmm, bsr_spmm_t, ...): every op but the
+# differentiable ones and the selection ops, which take no gradient-carrying inputs.
+SELECTION = ("topk_threshold", "regrow")
+NOT_DIFFERENTIABLE = [name for name in OPS if name not in GRAD_ARGS and name not in SELECTION]
+
+
+def test_backward_building_blocks_are_known():
+    assert {"csr_spmm_t", "csr_sddmm", "bsr_spmm_t", "bsr_sddmm", "sparse_conv2d_dx", "sparse_conv2d_dw"} <= set(NOT_DIFFERENTIABLE)
+
+
+@pytest.mark.parametrize("name", NOT_DIFFERENTIABLE)
+def test_backward_only_ops_refuse_backward(name):
+    opdef = OPS[name]
+    args = next(s for s in sample_inputs(name, dtype=torch.float64, seed=3) if tensors_nonempty(s))
+    leaves = requires_grad_floats(args)
+    outs = opdef.op(*leaves)
+    out = outs[0] if isinstance(outs, (tuple, list)) else outs
+    assert out.requires_grad
+    with pytest.raises(RuntimeError, match="not differentiable"):
+        out.sum().backward()
+
+
+def tensors_nonempty(args):
+    return all(a.numel() > 0 for a in args if isinstance(a, torch.Tensor) and a.is_floating_point())

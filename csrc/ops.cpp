@@ -36,6 +36,10 @@ TORCH_LIBRARY(granet, m) {
   // ties broken by the lower index.
   m.def("regrow(Tensor mask, Tensor score, int k) -> Tensor");
 
+  // y = x @ W^T + bias with W's CSR index and its transposed index (built once per mask change),
+  // so that the backward needs no index work. Differentiable in x, values and bias.
+  m.def("csr_linear(Tensor x, Tensor crow_indices, Tensor col_indices, Tensor ccol_indices, Tensor row_indices, "
+        "Tensor perm, Tensor values, Tensor? bias=None) -> Tensor");
   // Both backward products of y = x @ W^T (W in CSR, given here by its CSC index) in one pass:
   // (dx = dy @ W [N, K], dvalues = (dy^T x) at the nonzeros, in CSR order [nnz]).
   m.def("csr_linear_backward(Tensor ccol_indices, Tensor row_indices, Tensor perm, Tensor values, Tensor dy, "

@@ -15,7 +15,12 @@ from granet_kernels.ops.samples import sample_inputs
 from granet_testing import map_tensors
 
 CUDA_BUILD = torch.version.cuda is not None and bool(granet_kernels.build_info()["cuda"])
-NATIVE_OPS = sorted({"_native_csr_spmm"})  # the native kernels a build must always have
+# Every native kernel op of the build, and the ones a build must always have.
+NATIVE_OPS = sorted(
+    name.split("::", 1)[1] for name in torch._C._dispatch_get_all_op_names() if name.startswith("granet::_native_")
+)
+REQUIRED_NATIVE_OPS = ["_native_csr_spmm"]
+REQUIRED_CUDA_NATIVE_OPS = ["_native_csr_spmm"]
 
 
 def _has_kernel(qualname, key):
@@ -37,6 +42,16 @@ def test_public_op_registered_with_cpu_kernel(name):
     assert _has_kernel(opdef.qualname, "CPU"), f"{opdef.qualname} has no CPU kernel"
     assert _has_kernel(opdef.qualname, "Meta"), f"{opdef.qualname} has no fake (Meta) impl"
     assert callable(getattr(granet_kernels.ops, name)), f"granet_kernels.ops.{name} is missing"
+
+
+def test_required_native_ops_exist():
+    assert set(REQUIRED_NATIVE_OPS) <= set(NATIVE_OPS), NATIVE_OPS
+
+
+def test_every_op_of_the_namespace_is_public_or_native():
+    """No op is registered without an entry in OPS (and so without tests)."""
+    names = {n.split("::", 1)[1] for n in torch._C._dispatch_get_all_op_names() if n.startswith("granet::")}
+    assert names == set(OPS) | set(NATIVE_OPS)
 
 
 @pytest.mark.parametrize("name", NATIVE_OPS)
@@ -62,7 +77,7 @@ def test_fake_impl_matches_reference(name):
 
 
 @pytest.mark.skipif(not CUDA_BUILD, reason="not a CUDA build (torch without CUDA, or _C built without CUDA kernels)")
-@pytest.mark.parametrize("name", NATIVE_OPS + list(OPS))
+@pytest.mark.parametrize("name", REQUIRED_CUDA_NATIVE_OPS + list(OPS))
 def test_cuda_kernels_registered(name):
     assert _has_kernel(f"granet::{name}", "CUDA"), f"granet::{name} has no CUDA kernel in this CUDA build"
 

@@ -10,59 +10,7 @@ namespace GRANET_ISA {
 
 namespace {
 
-inline int64_t min_i64(int64_t a, int64_t b) { return a < b ? a : b; }
-
-template <typename T>
-struct IntOf;
-template <>
-struct IntOf<float> {
-  typedef int32_t type;
-};
-template <>
-struct IntOf<double> {
-  typedef int64_t type;
-};
-
-template <typename T>
-struct Simd {
-  typedef T vec __attribute__((vector_size(GRANET_VECTOR_BYTES)));
-  static constexpr int lanes = GRANET_VECTOR_BYTES / sizeof(T);
-
-  static inline vec load(const T* p) {
-    vec v;
-    __builtin_memcpy(&v, p, sizeof(vec));
-    return v;
-  }
-  static inline void store(T* p, vec v) { __builtin_memcpy(p, &v, sizeof(vec)); }
-  static inline vec splat(T s) { return vec{} + s; }
-  static inline T hsum(vec v) {
-    T s = T(0);
-    for (int l = 0; l < lanes; ++l) s += v[l];
-    return s;
-  }
-};
-
-// Horizontal sums of four vectors at once (out[u] = sum of t_u's lanes): a transposing reduction
-// tree costs about as much as one plain horizontal sum.
-template <typename T>
-inline void hsum4(typename Simd<T>::vec t0, typename Simd<T>::vec t1, typename Simd<T>::vec t2,
-                  typename Simd<T>::vec t3, T* out) {
-  constexpr int L = Simd<T>::lanes;
-  if constexpr (L == 8) {
-    typedef typename IntOf<T>::type ivec __attribute__((vector_size(GRANET_VECTOR_BYTES)));
-    const ivec even = {0, 8, 2, 10, 4, 12, 6, 14}, odd = {1, 9, 3, 11, 5, 13, 7, 15};
-    const auto u0 = __builtin_shuffle(t0, t1, even) + __builtin_shuffle(t0, t1, odd);
-    const auto u1 = __builtin_shuffle(t2, t3, even) + __builtin_shuffle(t2, t3, odd);
-    const ivec lo = {0, 1, 8, 9, 4, 5, 12, 13}, hi = {2, 3, 10, 11, 6, 7, 14, 15};
-    const auto v = __builtin_shuffle(u0, u1, lo) + __builtin_shuffle(u0, u1, hi);
-    for (int u = 0; u < 4; ++u) out[u] = v[u] + v[u + 4];
-  } else {
-    out[0] = Simd<T>::hsum(t0);
-    out[1] = Simd<T>::hsum(t1);
-    out[2] = Simd<T>::hsum(t2);
-    out[3] = Simd<T>::hsum(t3);
-  }
-}
+#include "cpu/simd_impl.h"
 
 // x [n][k] (row-major, contiguous) -> panels [ceil(n/BT)][k][BT], zero-filled past n.
 template <typename T, int BT>
@@ -123,26 +71,26 @@ void csr_spmm_panels(const int32_t* crow, const int32_t* col, const T* values, c
       T* out = yp + p * m * BT;
       const int64_t i_end = min_i64((rb + 1) * RB, m);
       for (int64_t i = rb * RB; i < i_end; ++i) {
-        // Two accumulator sets hide the FMA latency of consecutive nonzeros.
-        vec a0[NV], a1[NV];
-        for (int v = 0; v < NV; ++v) a0[v] = a1[v] = vec{};
+        // Four accumulator sets hide the FMA latency of consecutive nonzeros.
+        vec acc[4][NV];
+        for (int u = 0; u < 4; ++u)
+          for (int v = 0; v < NV; ++v) acc[u][v] = vec{};
         int32_t q = crow[i];
         const int32_t q_end = crow[i + 1];
-        for (; q + 1 < q_end; q += 2) {
-          const vec w0 = S::splat(values[q]), w1 = S::splat(values[q + 1]);
-          const T* r0 = panel + static_cast<int64_t>(col[q]) * BT;
-          const T* r1 = panel + static_cast<int64_t>(col[q + 1]) * BT;
-          for (int v = 0; v < NV; ++v) {
-            a0[v] += w0 * S::load(r0 + v * S::lanes);
-            a1[v] += w1 * S::load(r1 + v * S::lanes);
+        for (; q + 3 < q_end; q += 4) {
+          for (int u = 0; u < 4; ++u) {
+            const vec w = S::splat(values[q + u]);
+            const T* r = panel + static_cast<int64_t>(col[q + u]) * BT;
+            for (int v = 0; v < NV; ++v) acc[u][v] += w * S::load(r + v * S::lanes);
           }
         }
-        if (q < q_end) {
-          const vec w0 = S::splat(values[q]);
-          const T* r0 = panel + static_cast<int64_t>(col[q]) * BT;
-          for (int v = 0; v < NV; ++v) a0[v] += w0 * S::load(r0 + v * S::lanes);
+        for (; q < q_end; ++q) {
+          const vec w = S::splat(values[q]);
+          const T* r = panel + static_cast<int64_t>(col[q]) * BT;
+          for (int v = 0; v < NV; ++v) acc[0][v] += w * S::load(r + v * S::lanes);
         }
-        for (int v = 0; v < NV; ++v) S::store(out + i * BT + v * S::lanes, a0[v] + a1[v]);
+        for (int v = 0; v < NV; ++v)
+          S::store(out + i * BT + v * S::lanes, (acc[0][v] + acc[1][v]) + (acc[2][v] + acc[3][v]));
       }
     }
   }
@@ -276,21 +224,21 @@ void csr_sddmm_panels(const int32_t* crow, const int32_t* col, const T* dyp, con
 // Entry points: T = float (BT 32) or double (BT 16).
 template <typename T>
 inline void pack(const T* x, T* panels, int64_t n, int64_t k) {
-  pack_panels<T, 128 / sizeof(T)>(x, panels, n, k);
+  pack_panels<T, ::granet::cpu::kPanelBytes / sizeof(T)>(x, panels, n, k);
 }
 template <typename T>
 inline void unpack(const T* panels, T* out, int64_t n, int64_t k) {
-  unpack_panels<T, 128 / sizeof(T)>(panels, out, n, k);
+  unpack_panels<T, ::granet::cpu::kPanelBytes / sizeof(T)>(panels, out, n, k);
 }
 template <typename T>
 inline void spmm(const int32_t* crow, const int32_t* col, const T* values, const T* xp, T* yp, int64_t n, int64_t m,
                  int64_t k) {
-  csr_spmm_panels<T, 128 / sizeof(T)>(crow, col, values, xp, yp, n, m, k);
+  csr_spmm_panels<T, ::granet::cpu::kPanelBytes / sizeof(T)>(crow, col, values, xp, yp, n, m, k);
 }
 template <typename T>
 inline void backward(const int32_t* ccol, const int32_t* row, const T* w_csc, const T* dyp, const T* xp, T* dxp,
                      T* dw_csc, int64_t n, int64_t m, int64_t k, bool need_dx, bool need_dw) {
-  constexpr int BT = 128 / sizeof(T);
+  constexpr int BT = ::granet::cpu::kPanelBytes / sizeof(T);
   if (need_dx && need_dw)
     csc_backward_panels<T, BT, true, true>(ccol, row, w_csc, dyp, xp, dxp, dw_csc, n, m, k);
   else if (need_dx)
@@ -309,7 +257,7 @@ inline void scatter_values(const T* dw_csc, const int32_t* perm, T* out, int64_t
 template <typename T>
 inline void sddmm(const int32_t* crow, const int32_t* col, const T* dyp, const T* xp, T* dw, int64_t n, int64_t m,
                   int64_t k) {
-  csr_sddmm_panels<T, 128 / sizeof(T)>(crow, col, dyp, xp, dw, n, m, k);
+  csr_sddmm_panels<T, ::granet::cpu::kPanelBytes / sizeof(T)>(crow, col, dyp, xp, dw, n, m, k);
 }
 
 }  // namespace GRANET_ISA

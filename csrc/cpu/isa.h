@@ -23,10 +23,13 @@ const char* isa_name(Isa isa);
 #define GRANET_ISA_CALL(fn, ...) ::granet::cpu::generic::fn(__VA_ARGS__)
 #endif
 
-// Batch-panel width (elements) of the CSR kernels: activations are packed as [N/BT][K][BT] so each
-// nonzero streams one contiguous BT-wide row and the output tile stays in registers.
+// Batch panels of the CSR kernels: activations are packed as [N/BT][K][BT] so each nonzero streams
+// one contiguous BT-wide row (one cache line) and the output tile stays in registers. One cache
+// line per row keeps a whole 4096-feature panel (256 KB) inside a 512 KB L2.
+constexpr int64_t kPanelBytes = 64;
+
 template <typename T>
-constexpr int64_t panel_width() { return sizeof(T) == 4 ? 32 : 16; }
+constexpr int64_t panel_width() { return kPanelBytes / sizeof(T); }
 
 template <typename T>
 int64_t panel_buffer_elems(int64_t n, int64_t k) {

@@ -126,6 +126,51 @@ csr_linear_backward_def = register_op(
 )
 
 
+# --- csr_linear -----------------------------------------------------------------------------------
+
+def _check_linear(x, crow, col, ccol, row, perm, values, bias=None):
+    op = "granet::csr_linear"
+    _check_csr_operand(op, "crow_indices", crow, "col_indices", col, values, "x", x)
+    _check_csr_operand(op, "ccol_indices", ccol, "row_indices", row, values, "x", x)
+    C.tensor(op, "perm", perm, dim=1, dtypes=C.INDEX_DTYPES)
+    if perm.numel() != col.numel():
+        raise ValueError(f"{op}: perm has {perm.numel()} entries but col_indices has {col.numel()}")
+    C.same_device(op, [("x", x), ("perm", perm), ("bias", bias)])
+    C.size(op, "x", x, 1, ccol.shape[0] - 1, "the columns of the weight, len(ccol_indices) - 1")
+    if bias is not None:
+        C.tensor(op, "bias", bias, dim=1)
+        C.same_dtype(op, [("x", x), ("bias", bias)])
+        C.size(op, "bias", bias, 0, crow.shape[0] - 1, "the rows of the weight, len(crow_indices) - 1")
+
+
+def _check_linear_values(x, crow, col, ccol, row, perm, values, bias=None):
+    op = "granet::csr_linear"
+    C.compressed_index_values(op, "crow_indices", crow, "col_indices", col, x.shape[1])
+    C.compressed_index_values(op, "ccol_indices", ccol, "row_indices", row, crow.shape[0] - 1)
+    C.index_range(op, "perm", perm, values.numel())
+
+
+def _linear_reference(x, crow, col, ccol, row, perm, values, bias=None):
+    y = reference.csr_spmm(crow, col, values, x)
+    return y + bias if bias is not None else y
+
+
+def _linear_cpu(x, crow, col, ccol, row, perm, values, bias=None):
+    y = torch.ops.granet._native_csr_spmm(crow, col, values, x)
+    return y.add_(bias) if bias is not None else y
+
+
+csr_linear_def = register_op(
+    "csr_linear",
+    check=_check_linear,
+    check_values=_check_linear_values,
+    reference=_linear_reference,
+    fake_output=lambda x, crow, col, ccol, row, perm, values, bias=None: x.new_empty(x.shape[0], crow.shape[0] - 1),
+    flops=lambda x, crow, col, ccol, row, perm, values, bias=None: 2 * col.numel() * x.shape[0],
+    kernels={"cpu": Kernel(_linear_cpu, NATIVE_DTYPES)},
+)
+
+
 # --- autograd -------------------------------------------------------------------------------------
 
 def _spmm_backward(saved, grad, needs):
@@ -141,12 +186,35 @@ def _spmm_backward(saved, grad, needs):
 
 
 register_linear_autograd(csr_spmm_def, _spmm_backward)
+
+
+def _linear_backward(saved, grad, needs):
+    x, crow, col, ccol, row, perm, values, bias = saved
+    need_x, need_values = needs[0], needs[6]
+    grad_x = grad_values = None
+    if need_x and need_values:
+        grad_x, grad_values = torch.ops.granet.csr_linear_backward(ccol, row, perm, values, grad, x)
+    elif need_values:
+        grad_values = torch.ops.granet.csr_sddmm(crow, col, grad, x)
+    elif need_x:
+        grad_x = torch.ops.granet.csr_spmm_t(ccol, row, perm, values, grad)
+    grad_bias = grad.sum(0) if bias is not None and needs[7] else None
+    return grad_x, None, None, None, None, None, grad_values, grad_bias
+
+
+register_linear_autograd(csr_linear_def, _linear_backward)
 register_not_differentiable(csr_spmm_t_def, "use csr_spmm, whose backward calls it")
 register_not_differentiable(csr_sddmm_def, "use csr_spmm, whose backward calls it")
 register_not_differentiable(csr_linear_backward_def, "use csr_spmm, whose backward calls it")
 
 
 # --- Python face ----------------------------------------------------------------------------------
+
+def csr_linear(x, crow_indices, col_indices, ccol_indices, row_indices, perm, values, bias=None):
+    """y = x @ W^T + bias for W in CSR with its transposed index given (built once per mask change,
+    see transpose_index), so the backward pass needs no index work. Differentiable in x, values, bias."""
+    return torch.ops.granet.csr_linear(x, crow_indices, col_indices, ccol_indices, row_indices, perm, values, bias)
+
 
 def csr_spmm(crow_indices, col_indices, values, x):
     """y = x @ W^T for W [M, K] in CSR (int32 indices); x [N, K] -> [N, M]. Differentiable in values and x."""

@@ -27,6 +27,10 @@ def _check(x, weight, mask, bias=None):
     C.same_device(OP, [("x", x), ("weight", weight), ("mask", mask), ("bias", bias)])
 
 
+def _cpu(x, weight, mask, bias=None):
+    return torch.nn.functional.linear(x, torch.where(mask, weight, 0), bias)
+
+
 def _triton(x, weight, mask, bias=None):
     from granet_kernels.triton import masked_matmul as kernels
 
@@ -39,8 +43,13 @@ masked_matmul_def = register_op(
     reference=reference.masked_matmul,
     fake_output=lambda x, weight, mask, bias=None: x.new_empty(x.shape[0], weight.shape[0]),
     flops=lambda x, weight, mask, bias=None: 2 * x.shape[0] * nnz_of_mask(mask),
-    # Triton's dot has no fp64 path on the GPU (and the interpreter mishandles it): fp64 -> reference.
-    kernels={"triton": Kernel(_triton, (torch.float16, torch.bfloat16, torch.float32))},
+    kernels={
+        # On the CPU the masked-dense layout is used above the density where sparse kernels stop
+        # winning, so dense BLAS on the masked weight is the fast path there.
+        "cpu": Kernel(_cpu),
+        # Triton's dot has no fp64 path on the GPU (and the interpreter mishandles it).
+        "triton": Kernel(_triton, (torch.float16, torch.bfloat16, torch.float32)),
+    },
     cuda_order=("triton", "reference"),
 )
 

@@ -70,13 +70,17 @@ def sample_inputs(op: str, *, device="cpu", dtype=torch.float32, seed=0) -> list
     gen = torch.Generator().manual_seed(seed)
     r = dict(gen=gen, dtype=dtype, device=device)
     out: list[tuple] = []
-    if op in ("csr_spmm", "csr_spmm_t", "csr_sddmm", "csr_linear_backward", "masked_matmul"):
+    if op in ("csr_spmm", "csr_spmm_t", "csr_sddmm", "csr_linear", "csr_linear_backward", "masked_matmul"):
         for n, m, k, density, er, ec, nc in MATMUL_SHAPES:
             crow, col, values = random_csr(m, k, density, empty_rows=er, empty_cols=ec, **r)
             if op == "csr_spmm":
                 out.append((crow, col, values, _rand((n, k), noncontiguous=nc, **r)))
             elif op == "csr_spmm_t":
                 out.append((*transpose_index(crow, col, k), values, _rand((n, m), noncontiguous=nc, **r)))
+            elif op == "csr_linear":
+                bias = _rand((m,), **r) if n % 2 else None
+                x = _rand((n, k), noncontiguous=nc, **r)
+                out.append((x, crow, col, *transpose_index(crow, col, k), values, bias))
             elif op == "csr_linear_backward":
                 dy, x = _rand((n, m), noncontiguous=nc, **r), _rand((n, k), **r)
                 out.append((*transpose_index(crow, col, k), values, dy, x))

@@ -377,3 +377,47 @@ def test_native_csr_spmm_checks(mutate, exc, pattern):
     torch.ops.granet._native_csr_spmm(*args)
     with pytest.raises(exc, match=pattern):
         torch.ops.granet._native_csr_spmm(*mutate(args))
+
+
+# Every native kernel op takes the schema of the public op it backs: bad indices reach its own
+# checks (called directly, bypassing the Python checks) and come back as exceptions.
+NATIVE_OPS = sorted(
+    name.split("::", 1)[1] for name in torch._C._dispatch_get_all_op_names() if name.startswith("granet::_native_")
+)
+
+
+def _native_cases():
+    cases = []
+    for native in NATIVE_OPS:
+        public = native[len("_native_"):]
+        if public not in COMPRESSED:
+            continue
+        ptr, idx, bound, ptr_name, idx_name = COMPRESSED[public]
+        cases += [
+            pytest.param(native, public, edit(**{f"a{idx}": set_(None, 0, bound)}), IndexError, idx_name, id=f"{native}-idx-past-end"),
+            pytest.param(native, public, edit(**{f"a{idx}": set_(None, -1, -1)}), IndexError, idx_name, id=f"{native}-idx-negative"),
+            pytest.param(native, public, edit(**{f"a{ptr}": lambda t: t + 1}), ValueError, ptr_name, id=f"{native}-ptr-not-from-0"),
+            pytest.param(native, public, edit(**{f"a{ptr}": _decreasing}), ValueError, ptr_name, id=f"{native}-ptr-decreasing"),
+            pytest.param(native, public, edit(**{f"a{ptr}": to_long}), (ValueError, TypeError), ptr_name, id=f"{native}-ptr-int64"),
+        ]
+        if "perm" in OPS[public].reference.__code__.co_varnames[:OPS[public].reference.__code__.co_argcount]:
+            cases += [
+                pytest.param(native, public, edit(a2=set_(None, 0, 1 << 20)), IndexError, "perm", id=f"{native}-perm-past-end"),
+                pytest.param(native, public, edit(a2=set_(None, 0, -1)), IndexError, "perm", id=f"{native}-perm-negative"),
+            ]
+    return cases
+
+
+def test_native_ops_covered():
+    assert "_native_csr_spmm" in NATIVE_OPS
+    covered = {p.values[0] for p in _native_cases()}
+    assert covered == set(NATIVE_OPS), f"native ops without error cases: {sorted(set(NATIVE_OPS) - covered)}"
+
+
+@pytest.mark.parametrize("native,public,mutate,exc,name", _native_cases())
+def test_native_op_rejects_bad_indices(native, public, mutate, exc, name):
+    op = getattr(torch.ops.granet, native)
+    good = base(public)
+    op(*good)
+    with pytest.raises(exc, match=rf"\b{re.escape(name)}\b"):
+        op(*mutate(good))

@@ -1,0 +1,59 @@
+// Portable SIMD helpers for the kernel headers, on GCC vector extensions: the same source becomes
+// SSE, AVX2 or AVX-512 code under each ISA's target pragma (GRANET_VECTOR_BYTES wide).
+// No include guard: each kernel header includes it inside its namespace granet::cpu::GRANET_ISA
+// and anonymous namespace, once per ISA (see for_each_isa.h).
+
+inline int64_t min_i64(int64_t a, int64_t b) { return a < b ? a : b; }
+
+template <typename T>
+struct IntOf;
+template <>
+struct IntOf<float> {
+  typedef int32_t type;
+};
+template <>
+struct IntOf<double> {
+  typedef int64_t type;
+};
+
+template <typename T>
+struct Simd {
+  typedef T vec __attribute__((vector_size(GRANET_VECTOR_BYTES)));
+  static constexpr int lanes = GRANET_VECTOR_BYTES / sizeof(T);
+
+  static inline vec load(const T* p) {
+    vec v;
+    __builtin_memcpy(&v, p, sizeof(vec));
+    return v;
+  }
+  static inline void store(T* p, vec v) { __builtin_memcpy(p, &v, sizeof(vec)); }
+  static inline vec splat(T s) { return vec{} + s; }
+  static inline T hsum(vec v) {
+    T s = T(0);
+    for (int l = 0; l < lanes; ++l) s += v[l];
+    return s;
+  }
+};
+
+// Horizontal sums of four vectors at once (out[u] = sum of t_u's lanes): a transposing reduction
+// tree costs about as much as one plain horizontal sum.
+template <typename T>
+inline void hsum4(typename Simd<T>::vec t0, typename Simd<T>::vec t1, typename Simd<T>::vec t2,
+                  typename Simd<T>::vec t3, T* out) {
+  constexpr int L = Simd<T>::lanes;
+  if constexpr (L == 8) {
+    typedef typename IntOf<T>::type ivec __attribute__((vector_size(GRANET_VECTOR_BYTES)));
+    const ivec even = {0, 8, 2, 10, 4, 12, 6, 14}, odd = {1, 9, 3, 11, 5, 13, 7, 15};
+    const auto u0 = __builtin_shuffle(t0, t1, even) + __builtin_shuffle(t0, t1, odd);
+    const auto u1 = __builtin_shuffle(t2, t3, even) + __builtin_shuffle(t2, t3, odd);
+    const ivec lo = {0, 1, 8, 9, 4, 5, 12, 13}, hi = {2, 3, 10, 11, 6, 7, 14, 15};
+    const auto v = __builtin_shuffle(u0, u1, lo) + __builtin_shuffle(u0, u1, hi);
+    for (int u = 0; u < 4; ++u) out[u] = v[u] + v[u + 4];
+  } else {
+    out[0] = Simd<T>::hsum(t0);
+    out[1] = Simd<T>::hsum(t1);
+    out[2] = Simd<T>::hsum(t2);
+    out[3] = Simd<T>::hsum(t3);
+  }
+}
+

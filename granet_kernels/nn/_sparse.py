@@ -1,0 +1,178 @@
+"""What SparseLinear and SparseConv2d share: one sparse weight in one layout, its mask, repacking,
+and a state_dict in the dense shape (weight + mask), loadable into nn.Linear / nn.Conv2d.
+
+The trainable tensor is always the Parameter `weight`; its shape depends on the layout (dense in
+"masked", [nnz] in "csr", [nnzb, bs, bs] in "bsr"). A repack (new mask or layout) replaces its
+data but keeps the Parameter object, so optimizers keep their reference; their per-parameter
+state (momentum) must then be remapped, which the pruning engine does.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from granet_kernels.formats import LAYOUTS, BSRIndex, CSRIndex, check_mask
+from granet_kernels.nn import crossover
+
+_LAYOUT_BUFFERS = {
+    "masked": ("weight_mask",),
+    "csr": ("crow_indices", "col_indices", "ccol_indices", "row_indices", "perm"),
+    "bsr": ("crow_indices", "col_indices", "ccol_indices", "row_indices", "perm", "block_mask"),
+}
+
+
+class SparseWeightMixin:
+    """Mixed into an nn.Module subclass that defines `weight_shape` (dense) and `kind`."""
+
+    weight_shape: tuple[int, ...]
+    kind: str  # "linear" or "conv", for the crossover table
+
+    # --- setup -------------------------------------------------------------------------------------
+
+    def _init_sparse(self, dense_weight: torch.Tensor, mask: torch.Tensor | None, layout: str, blocksize: int):
+        if layout != "auto" and layout not in LAYOUTS:
+            raise ValueError(f"layout must be 'auto' or one of {', '.join(LAYOUTS)}, got {layout!r}")
+        if layout == "bsr" and self.kind != "linear":
+            raise ValueError("layout 'bsr' is available for SparseLinear only")
+        if int(blocksize) < 1:
+            raise ValueError(f"blocksize must be a positive integer, got {blocksize!r}")
+        self.layout_policy = layout
+        self.blocksize = int(blocksize)
+        self.layout = None
+        mask = torch.ones(self.weight_shape, dtype=torch.bool, device=dense_weight.device) if mask is None else mask
+        mask = check_mask(mask.to(dense_weight.device), self.weight_shape)
+        self._pack(dense_weight.detach(), mask, self._choose_layout(layout, mask, dense_weight))
+
+    @property
+    def matrix_shape(self) -> tuple[int, int]:
+        return self.weight_shape[0], math.prod(self.weight_shape[1:])
+
+    def _choose_layout(self, policy: str, mask: torch.Tensor, like: torch.Tensor) -> str:
+        if policy != "auto":
+            return policy
+        density = float(mask.sum()) / mask.numel() if mask.numel() else 1.0
+        return crossover.choose_layout(self.kind, density, like.device, like.dtype)
+
+    def _pack(self, dense: torch.Tensor, mask: torch.Tensor, layout: str) -> None:
+        """Store `dense` (dense-shaped, any values) at `mask` in `layout`."""
+        matrix = dense.reshape(self.matrix_shape)
+        flat_mask = mask.reshape(self.matrix_shape)
+        if layout == "masked":
+            data = torch.where(mask, dense, torch.zeros((), dtype=dense.dtype, device=dense.device))
+            buffers = {"weight_mask": mask.clone()}
+        elif layout == "csr":
+            index = CSRIndex.from_mask(flat_mask)
+            data = index.gather(matrix)
+            buffers = index.tensors()
+        else:
+            index = BSRIndex.from_mask(flat_mask, self.blocksize)
+            data = index.gather(matrix)
+            buffers = index.tensors()
+        for name in set(b for names in _LAYOUT_BUFFERS.values() for b in names) - set(buffers):
+            self._buffers.pop(name, None)
+        for name, tensor in buffers.items():
+            self.register_buffer(name, tensor, persistent=False)
+        data = data.contiguous()
+        if isinstance(self._parameters.get("weight"), nn.Parameter):
+            self.weight.data = data
+        else:
+            self.weight = nn.Parameter(data)
+        self.layout = layout
+
+    # --- the sparse weight -------------------------------------------------------------------------
+
+    @property
+    def mask(self) -> torch.Tensor:
+        """Bool tensor of the dense weight's shape: True where the weight is kept."""
+        if self.layout == "masked":
+            return self.weight_mask
+        return self._index().mask(self.matrix_shape).reshape(self.weight_shape)
+
+    @property
+    def nnz(self) -> int:
+        if self.layout == "masked":
+            return int(self.weight_mask.sum())
+        if self.layout == "csr":
+            return self.col_indices.numel()
+        return int(self.block_mask.sum())
+
+    @property
+    def density(self) -> float:
+        total = math.prod(self.weight_shape)
+        return self.nnz / total if total else 1.0
+
+    def _index(self):
+        csr = CSRIndex(self.crow_indices, self.col_indices, self.ccol_indices, self.row_indices, self.perm)
+        return csr if self.layout == "csr" else BSRIndex(csr, self.blocksize, self.block_mask)
+
+    def dense_weight(self) -> torch.Tensor:
+        """The weight in its dense shape, zeros where masked (differentiable)."""
+        if self.layout == "masked":
+            return torch.where(self.weight_mask, self.weight, torch.zeros((), dtype=self.weight.dtype, device=self.weight.device))
+        return self._index().scatter(self.weight, self.matrix_shape).reshape(self.weight_shape)
+
+    @torch.no_grad()
+    def set_mask(self, mask: torch.Tensor, layout: str | None = None) -> None:
+        """Replace the mask: kept weights keep their values, newly active ones start at 0.
+        The layout is re-chosen when the module's layout policy is "auto" (or given here)."""
+        mask = check_mask(mask.to(self.weight.device), self.weight_shape)
+        dense = self.dense_weight()
+        policy = self.layout_policy if layout is None else layout
+        if policy != "auto" and policy not in LAYOUTS:
+            raise ValueError(f"layout must be 'auto' or one of {', '.join(LAYOUTS)}, got {policy!r}")
+        self._pack(dense, mask, self._choose_layout(policy, mask, dense))
+
+    @torch.no_grad()
+    def set_layout(self, layout: str) -> None:
+        """Repack the same weights in another layout ("masked", "csr", "bsr" or "auto")."""
+        self.set_mask(self.mask, layout)
+        self.layout_policy = layout
+
+    # --- state_dict: dense weight + mask ----------------------------------------------------------
+
+    def _save_to_state_dict(self, destination, prefix, keep_vars):
+        weight = self.dense_weight()
+        destination[prefix + "weight"] = weight if keep_vars else weight.detach()
+        destination[prefix + "mask"] = self.mask.clone()
+        if self.bias is not None:
+            destination[prefix + "bias"] = self.bias if keep_vars else self.bias.detach()
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs):
+        own = {"weight", "mask"} | ({"bias"} if self.bias is not None else set())
+        for key in state_dict:
+            if key.startswith(prefix) and "." not in key[len(prefix):] and key[len(prefix):] not in own:
+                unexpected_keys.append(key)
+        if prefix + "weight" not in state_dict:
+            missing_keys.append(prefix + "weight")
+            return
+        weight = state_dict[prefix + "weight"]
+        if tuple(weight.shape) != tuple(self.weight_shape):
+            error_msgs.append(f"size mismatch for {prefix}weight: copying a param with shape {tuple(weight.shape)}, "
+                              f"the shape in current model is {tuple(self.weight_shape)}")
+            return
+        # A dense checkpoint (plain nn.Linear / nn.Conv2d) has no mask: keep its nonzeros.
+        mask = state_dict.get(prefix + "mask")
+        try:
+            mask = check_mask(weight != 0 if mask is None else mask, self.weight_shape, name=prefix + "mask")
+        except (TypeError, ValueError) as error:
+            error_msgs.append(str(error))
+            return
+        if self.bias is not None:
+            if prefix + "bias" in state_dict:
+                bias = state_dict[prefix + "bias"]
+                if bias.shape != self.bias.shape:
+                    error_msgs.append(f"size mismatch for {prefix}bias: copying a param with shape {tuple(bias.shape)}, "
+                                      f"the shape in current model is {tuple(self.bias.shape)}")
+                    return
+                with torch.no_grad():
+                    self.bias.copy_(bias)
+            else:
+                missing_keys.append(prefix + "bias")
+        with torch.no_grad():
+            self._pack(weight.to(device=self.weight.device, dtype=self.weight.dtype), mask.to(self.weight.device), self.layout)
+
+    def _sparse_repr(self) -> str:
+        return f"layout={self.layout}, density={self.density:.4f}"

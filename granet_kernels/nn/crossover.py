@@ -1,0 +1,22 @@
+"""Which layout `layout="auto"` picks: the densities below which the sparse kernels beat dense,
+as measured by benchmarks/bench_linear.py and benchmarks/bench_conv.py (BENCHMARKS.md).
+
+Above the crossover the masked-dense layout runs dense BLAS on the masked weight, so a sparse
+module is never slower than its dense counterpart by more than the masking itself.
+"""
+
+from __future__ import annotations
+
+import torch
+
+# Training-step crossovers on the CPU (fp32, 1 thread; see BENCHMARKS.md for the machine).
+# CSR wins strictly below these densities.
+CPU_CSR_MAX_DENSITY = {"linear": 0.3, "conv": 0.2}
+
+
+def choose_layout(kind: str, density: float, device: torch.device, dtype: torch.dtype) -> str:
+    device = torch.device(device)
+    if device.type == "cpu" and dtype in (torch.float32, torch.float64):
+        return "csr" if density < CPU_CSR_MAX_DENSITY[kind] else "masked"
+    # GPU: the masked layout (Triton masked matmul) until the sparse GPU kernels are measured.
+    return "masked"

@@ -2,6 +2,7 @@
 #include <ATen/ATen.h>
 
 #include "cpu/isa.h"
+#include "cpu/workspace.h"
 #include "granet.h"
 
 #define GRANET_ISA_IMPL "cpu/csr_impl.h"
@@ -11,19 +12,27 @@ namespace granet {
 
 namespace {
 
+using cpu::Scratch;
+
+// Packs a 2-D operand into batch panels held in scratch slot `slot`.
 template <typename T>
-at::Tensor pack(const at::Tensor& dense) {
+T* pack(const at::Tensor& dense, Scratch slot) {
   const int64_t n = dense.size(0), k = dense.size(1);
-  at::Tensor panels = at::empty({cpu::panel_buffer_elems<T>(n, k)}, dense.options());
+  T* panels = cpu::scratch_of<T>(slot, cpu::panel_buffer_elems<T>(n, k));
   const at::Tensor src = dense.contiguous();
-  GRANET_ISA_CALL(pack<T>, src.data_ptr<T>(), panels.data_ptr<T>(), n, k);
+  GRANET_ISA_CALL(pack<T>, src.data_ptr<T>(), panels, n, k);
   return panels;
 }
 
 template <typename T>
-at::Tensor unpack(const at::Tensor& panels, int64_t n, int64_t k) {
-  at::Tensor out = at::empty({n, k}, panels.options());
-  GRANET_ISA_CALL(unpack<T>, panels.data_ptr<T>(), out.data_ptr<T>(), n, k);
+T* panels_of(Scratch slot, int64_t n, int64_t k) {
+  return cpu::scratch_of<T>(slot, cpu::panel_buffer_elems<T>(n, k));
+}
+
+template <typename T>
+at::Tensor unpack(const T* panels, int64_t n, int64_t k, const at::TensorOptions& options) {
+  at::Tensor out = at::empty({n, k}, options);
+  GRANET_ISA_CALL(unpack<T>, panels, out.data_ptr<T>(), n, k);
   return out;
 }
 
@@ -47,14 +56,13 @@ void check_csc_args(const char* op, const at::Tensor& ccol, const at::Tensor& ro
   check_index_range(op, "perm", perm, values.numel());
 }
 
-// Values in CSC slot order: one gather per call (reading through perm in the inner loop is slower).
-at::Tensor csc_values(const at::Tensor& values_in, const at::Tensor& perm_in) {
+// Values in CSC slot order, in scratch slot d: one gather per call (reading through perm in the
+// inner loop is slower).
+template <typename T>
+const T* csc_values(const at::Tensor& values_in, const at::Tensor& perm_in) {
   const at::Tensor values = values_in.contiguous(), perm = perm_in.contiguous();
-  at::Tensor out = at::empty_like(values);
-  AT_DISPATCH_FLOATING_TYPES(values.scalar_type(), "granet_csc_values", [&] {
-    GRANET_ISA_CALL(gather_values<scalar_t>, values.data_ptr<scalar_t>(), perm.data_ptr<int32_t>(),
-                    out.data_ptr<scalar_t>(), values.numel());
-  });
+  T* out = cpu::scratch_of<T>(Scratch::d, values.numel());
+  GRANET_ISA_CALL(gather_values<T>, values.data_ptr<T>(), perm.data_ptr<int32_t>(), out, values.numel());
   return out;
 }
 
@@ -68,11 +76,11 @@ at::Tensor csr_spmm_cpu(const at::Tensor& crow, const at::Tensor& col, const at:
   const int64_t n = x.size(0), k = x.size(1), m = crow.numel() - 1;
   const at::Tensor c = crow.contiguous(), j = col.contiguous(), values = values_in.contiguous();
   return AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "granet_csr_spmm_cpu", [&] {
-    const at::Tensor xp = pack<scalar_t>(x);
-    at::Tensor yp = at::empty({cpu::panel_buffer_elems<scalar_t>(n, m)}, x.options());
-    GRANET_ISA_CALL(spmm<scalar_t>, c.data_ptr<int32_t>(), j.data_ptr<int32_t>(), values.data_ptr<scalar_t>(),
-                    xp.data_ptr<scalar_t>(), yp.data_ptr<scalar_t>(), n, m, k);
-    return unpack<scalar_t>(yp, n, m);
+    const scalar_t* xp = pack<scalar_t>(x, Scratch::a);
+    scalar_t* yp = panels_of<scalar_t>(Scratch::b, n, m);
+    GRANET_ISA_CALL(spmm<scalar_t>, c.data_ptr<int32_t>(), j.data_ptr<int32_t>(), values.data_ptr<scalar_t>(), xp,
+                    yp, n, m, k);
+    return unpack<scalar_t>(yp, n, m, x.options());
   });
 }
 
@@ -81,13 +89,14 @@ at::Tensor csr_spmm_t_cpu(const at::Tensor& ccol, const at::Tensor& row, const a
   constexpr const char* op = "granet::csr_spmm_t";
   check_csc_args(op, ccol, row, perm, values, dy);
   const int64_t n = dy.size(0), m = dy.size(1), k = ccol.numel() - 1;
-  const at::Tensor cc = ccol.contiguous(), r = row.contiguous(), w_csc = csc_values(values, perm);
+  const at::Tensor cc = ccol.contiguous(), r = row.contiguous();
   return AT_DISPATCH_FLOATING_TYPES(dy.scalar_type(), "granet_csr_spmm_t_cpu", [&] {
-    const at::Tensor dyp = pack<scalar_t>(dy);
-    at::Tensor dxp = at::empty({cpu::panel_buffer_elems<scalar_t>(n, k)}, dy.options());
-    GRANET_ISA_CALL(backward<scalar_t>, cc.data_ptr<int32_t>(), r.data_ptr<int32_t>(), w_csc.data_ptr<scalar_t>(),
-                    dyp.data_ptr<scalar_t>(), nullptr, dxp.data_ptr<scalar_t>(), nullptr, n, m, k, true, false);
-    return unpack<scalar_t>(dxp, n, k);
+    const scalar_t* w_csc = csc_values<scalar_t>(values, perm);
+    const scalar_t* dyp = pack<scalar_t>(dy, Scratch::a);
+    scalar_t* dxp = panels_of<scalar_t>(Scratch::b, n, k);
+    GRANET_ISA_CALL(backward<scalar_t>, cc.data_ptr<int32_t>(), r.data_ptr<int32_t>(), w_csc, dyp, nullptr, dxp,
+                    nullptr, n, m, k, true, false);
+    return unpack<scalar_t>(dxp, n, k, dy.options());
   });
 }
 
@@ -107,9 +116,10 @@ at::Tensor csr_sddmm_cpu(const at::Tensor& crow, const at::Tensor& col, const at
   const at::Tensor c = crow.contiguous(), j = col.contiguous();
   at::Tensor dw = at::empty({col.numel()}, x.options());
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "granet_csr_sddmm_cpu", [&] {
-    const at::Tensor dyp = pack<scalar_t>(dy), xp = pack<scalar_t>(x);
-    GRANET_ISA_CALL(sddmm<scalar_t>, c.data_ptr<int32_t>(), j.data_ptr<int32_t>(), dyp.data_ptr<scalar_t>(),
-                    xp.data_ptr<scalar_t>(), dw.data_ptr<scalar_t>(), n, m, k);
+    const scalar_t* dyp = pack<scalar_t>(dy, Scratch::a);
+    const scalar_t* xp = pack<scalar_t>(x, Scratch::b);
+    GRANET_ISA_CALL(sddmm<scalar_t>, c.data_ptr<int32_t>(), j.data_ptr<int32_t>(), dyp, xp, dw.data_ptr<scalar_t>(), n,
+                    m, k);
   });
   return dw;
 }
@@ -127,23 +137,21 @@ std::tuple<at::Tensor, at::Tensor> csr_linear_backward_cpu(const at::Tensor& cco
   TORCH_CHECK_VALUE(x.size(1) == ccol.numel() - 1, op, ": x.shape[1] must be len(ccol_indices) - 1 = ",
                     ccol.numel() - 1, ", got ", x.size(1));
   const int64_t n = dy.size(0), m = dy.size(1), k = x.size(1);
-  const at::Tensor cc = ccol.contiguous(), r = row.contiguous(), w_csc = csc_values(values, perm);
-  at::Tensor dw_csc = at::empty({row.numel()}, dy.options());
+  const at::Tensor cc = ccol.contiguous(), r = row.contiguous(), pc = perm.contiguous();
+  at::Tensor dvalues = at::empty({row.numel()}, dy.options());
   at::Tensor dx = AT_DISPATCH_FLOATING_TYPES(dy.scalar_type(), "granet_csr_linear_backward_cpu", [&] {
-    const at::Tensor dyp = pack<scalar_t>(dy), xp = pack<scalar_t>(x);
-    at::Tensor dxp = at::empty({cpu::panel_buffer_elems<scalar_t>(n, k)}, dy.options());
-    GRANET_ISA_CALL(backward<scalar_t>, cc.data_ptr<int32_t>(), r.data_ptr<int32_t>(), w_csc.data_ptr<scalar_t>(),
-                    dyp.data_ptr<scalar_t>(), xp.data_ptr<scalar_t>(), dxp.data_ptr<scalar_t>(),
-                    dw_csc.data_ptr<scalar_t>(), n, m, k, true, true);
-    return unpack<scalar_t>(dxp, n, k);
-  });
-  // Gradients go back in CSR order, the order of the values. perm is checked to be in range; if it
-  // repeats a position, some entries would stay unwritten: start from zeros.
-  at::Tensor dvalues = at::zeros_like(dw_csc);
-  const at::Tensor pc = perm.contiguous();
-  AT_DISPATCH_FLOATING_TYPES(dy.scalar_type(), "granet_csr_scatter", [&] {
-    GRANET_ISA_CALL(scatter_values<scalar_t>, dw_csc.data_ptr<scalar_t>(), pc.data_ptr<int32_t>(),
-                    dvalues.data_ptr<scalar_t>(), dw_csc.numel());
+    const scalar_t* w_csc = csc_values<scalar_t>(values, perm);
+    scalar_t* dw_csc = cpu::scratch_of<scalar_t>(Scratch::e, row.numel());
+    const scalar_t* dyp = pack<scalar_t>(dy, Scratch::a);
+    const scalar_t* xp = pack<scalar_t>(x, Scratch::b);
+    scalar_t* dxp = panels_of<scalar_t>(Scratch::c, n, k);
+    GRANET_ISA_CALL(backward<scalar_t>, cc.data_ptr<int32_t>(), r.data_ptr<int32_t>(), w_csc, dyp, xp, dxp, dw_csc, n,
+                    m, k, true, true);
+    // Gradients go back in CSR order, the order of the values. perm is a checked-in-range
+    // permutation built with the index; dvalues is written at every perm[s].
+    if (row.numel() > 0) dvalues.zero_();
+    GRANET_ISA_CALL(scatter_values<scalar_t>, dw_csc, pc.data_ptr<int32_t>(), dvalues.data_ptr<scalar_t>(), row.numel());
+    return unpack<scalar_t>(dxp, n, k, dy.options());
   });
   return {dx, dvalues};
 }

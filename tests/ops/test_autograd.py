@@ -16,6 +16,7 @@ from granet_testing import DEVICES, requires_grad_floats
 # Positions of the floating arguments gradcheck differentiates with respect to.
 GRAD_ARGS = {
     "csr_spmm": (2, 3),  # values, x
+    "csr_linear": (0, 6, 7),  # x, values, bias
     "bsr_spmm": (2, 3),  # values, x
     "masked_matmul": (0, 1, 3),  # x, weight, bias
     "sparse_conv2d": (0, 3, 8),  # input, values, bias
@@ -104,6 +105,9 @@ def test_backward_matches_dense(name, device, seed):
         if name == "csr_spmm":
             crow, col, values, x = theirs
             dense_out = F.linear(x, _csr_dense(crow, col, values, x.shape[1]))
+        elif name == "csr_linear":
+            x, crow, col, _, _, _, values, bias = theirs
+            dense_out = F.linear(x, _csr_dense(crow, col, values, x.shape[1]), bias)
         elif name == "bsr_spmm":
             crow, col, values, x = theirs
             dense_out = F.linear(x, _bsr_dense(crow, col, values, x.shape[1]))
@@ -124,15 +128,19 @@ def test_backward_matches_dense(name, device, seed):
             assert not bool(weight_grad[~args[2]].any()), f"sample {i}: gradient leaked outside the mask"
 
 
-def test_backward_of_csr_spmm_with_only_values_or_only_x():
-    """needs_input_grad is honoured: one of the two gradients alone is right too."""
-    args = sample_inputs("csr_spmm", dtype=torch.float64, seed=7)[4]
-    for position in (2, 3):
+@pytest.mark.parametrize("name", list(GRAD_ARGS))
+def test_backward_of_one_input_at_a_time(name):
+    """needs_input_grad is honoured (the backward takes another path for a single gradient): each
+    gradient alone equals the one computed with all of them."""
+    args = sample_inputs(name, dtype=torch.float64, seed=7)[1]
+    positions = [j for j in GRAD_ARGS[name] if isinstance(args[j], torch.Tensor)]
+    full = requires_grad_floats(args, positions)
+    grad_out = torch.randn(OPS[name].op(*args).shape, dtype=torch.float64)
+    together = torch.autograd.grad(OPS[name].op(*full), [full[j] for j in positions], grad_out)
+    for k, position in enumerate(positions):
         leaves = requires_grad_floats(args, (position,))
-        full = requires_grad_floats(args, (2, 3))
-        (alone,) = torch.autograd.grad(OPS["csr_spmm"].op(*leaves).sum(), leaves[position])
-        both = torch.autograd.grad(OPS["csr_spmm"].op(*full).sum(), (full[2], full[3]))
-        torch.testing.assert_close(alone, both[position - 2], rtol=0, atol=0)
+        (alone,) = torch.autograd.grad(OPS[name].op(*leaves), leaves[position], grad_out)
+        torch.testing.assert_close(alone, together[k], rtol=1e-12, atol=1e-12)
 
 
 # The backward building blocks (csr_spmm_t, csr_sddmm, bsr_spmm_t, ...): every op but the

@@ -51,6 +51,8 @@ def base(name):
         return [*transpose_index(crow, col, K), _g(nnz), _g(N, M)]
     if name == "csr_sddmm":
         return [crow, col, _g(N, M), _g(N, K)]
+    if name == "csr_linear":
+        return [_g(N, K), crow, col, *transpose_index(crow, col, K), _g(nnz), _g(M)]
     if name == "csr_linear_backward":
         return [*transpose_index(crow, col, K), _g(nnz), _g(N, M), _g(N, K)]
     if name == "masked_matmul":
@@ -69,6 +71,8 @@ def base(name):
         return [_g(2, COUT, HW, HW), ccrow, ccol, _g(ccol.numel()), [2, CIN, HW, HW], *GEOMETRY]
     if name == "sparse_conv2d_dw":
         return [_g(2, COUT, HW, HW), _g(2, CIN, HW, HW), ccrow, ccol, *GEOMETRY]
+    if name == "sparse_conv2d_backward":
+        return [_g(2, COUT, HW, HW), _g(2, CIN, HW, HW), ccrow, ccol, _g(ccol.numel()), *GEOMETRY]
     if name == "topk_threshold":
         return [[_g(7), _g(3, 5)], 4]
     if name == "regrow":
@@ -134,12 +138,14 @@ COMPRESSED = {
     "csr_spmm_t": (0, 1, M, "ccol_indices", "row_indices"),
     "csr_sddmm": (0, 1, K, "crow_indices", "col_indices"),
     "csr_linear_backward": (0, 1, M, "ccol_indices", "row_indices"),
+    "csr_linear": (1, 2, K, "crow_indices", "col_indices"),
     "bsr_spmm": (0, 1, 3, "crow_indices", "col_indices"),
     "bsr_spmm_t": (0, 1, 2, "ccol_indices", "row_indices"),
     "bsr_sddmm": (0, 1, 3, "crow_indices", "col_indices"),
     "sparse_conv2d": (1, 2, CIN * 9, "crow_indices", "col_indices"),
     "sparse_conv2d_dx": (1, 2, CIN * 9, "crow_indices", "col_indices"),
     "sparse_conv2d_dw": (2, 3, CIN * 9, "crow_indices", "col_indices"),
+    "sparse_conv2d_backward": (2, 3, CIN * 9, "crow_indices", "col_indices"),
 }
 
 # (op, case id, mutation, exception, regex naming the argument)
@@ -186,6 +192,22 @@ CASES = [
     ("csr_linear_backward", "perm-length", edit(a2=drop_last), ValueError, r"\bperm has \d+ entries"),
     ("csr_linear_backward", "x-fp64", edit(a5=lambda t: t.double()), TypeError, r"\bx has dtype torch.float64"),
     ("csr_linear_backward", "x-meta", edit(a5=meta), ValueError, r"\bx is on meta"),
+    # csr_linear(x, crow_indices, col_indices, ccol_indices, row_indices, perm, values, bias)
+    ("csr_linear", "x-wrong-features", edit(a0=lambda x: x[:, :5]), ValueError, r"\bx\.shape\[1\] must be 6"),
+    ("csr_linear", "x-3d", edit(a0=add_dim), ValueError, r"\bx must be 2-D"),
+    ("csr_linear", "x-int", edit(a0=to_int), TypeError, r"\bx must have dtype"),
+    ("csr_linear", "values-length", edit(a6=drop_last), ValueError, r"\bvalues has \d+ entries"),
+    ("csr_linear", "values-fp16", edit(a6=half), TypeError, r"\bvalues has dtype torch.float16"),
+    ("csr_linear", "bias-wrong-length", edit(a7=drop_last), ValueError, r"\bbias\.shape\[0\] must be 4"),
+    ("csr_linear", "bias-fp64", edit(a7=lambda t: t.double()), TypeError, r"\bbias has dtype torch.float64"),
+    ("csr_linear", "perm-length", edit(a5=drop_last), ValueError, r"\bperm has \d+ entries"),
+    ("csr_linear", "perm-int64", edit(a5=to_long), TypeError, r"\bperm must have dtype int32"),
+    ("csr_linear", "perm-out-of-range", edit(a5=set_(None, 0, 99)), IndexError, r"\bperm holds 99"),
+    ("csr_linear", "row-past-end", edit(a4=set_(None, 0, M)), IndexError, r"\brow_indices holds 4, out of range \[0, 4\)"),
+    ("csr_linear", "ccol-not-from-0", edit(a3=lambda t: t + 1), ValueError, r"\bccol_indices\[0\] must be 0"),
+    ("csr_linear", "ccol-int64", edit(a3=to_long), TypeError, r"\bccol_indices.*int32"),
+    ("csr_linear", "x-meta", edit(a0=meta), ValueError, r"\bx is on meta"),
+    ("csr_linear", "bias-meta", edit(a7=meta), ValueError, r"\bbias is on meta"),
     # masked_matmul(x, weight, mask, bias)
     ("masked_matmul", "x-wrong-features", edit(a0=lambda x: x[:, :5]), ValueError, r"weight\.shape\[1\] must be 5 \(the features of x\)"),
     ("masked_matmul", "x-3d", edit(a0=add_dim), ValueError, r"\bx must be 2-D"),
@@ -261,6 +283,16 @@ CASES = [
     ("sparse_conv2d_dw", "input-too-few-channels", edit(a1=lambda t: t[:, :1]), IndexError, r"col_indices holds \d+, out of range \[0, 9\)"),
     ("sparse_conv2d_dw", "padding-negative", edit(a6=lambda p: [0, -1]), ValueError, r"\bpadding must be 2 integers >= 0"),
     ("sparse_conv2d_dw", "input-meta", edit(a1=meta), ValueError, r"\bgrad_output is on cpu but input is on meta"),
+    # sparse_conv2d_backward(grad_output, input, crow_indices, col_indices, values, kernel_size, stride, padding, dilation)
+    ("sparse_conv2d_backward", "grad-output-wrong-shape", edit(a0=lambda t: t[:, :, :, :4]), ValueError, r"\bgrad_output must have shape \[2, 3, 5, 5\]"),
+    ("sparse_conv2d_backward", "grad-output-3d", edit(a0=lambda t: t[0]), ValueError, r"\bgrad_output must be 4-D"),
+    ("sparse_conv2d_backward", "input-3d", edit(a1=lambda t: t[0]), ValueError, r"\binput must be 4-D"),
+    ("sparse_conv2d_backward", "input-too-few-channels", edit(a1=lambda t: t[:, :1]), IndexError, r"col_indices holds \d+, out of range \[0, 9\)"),
+    ("sparse_conv2d_backward", "values-length", edit(a4=drop_last), ValueError, r"\bvalues has \d+ entries"),
+    ("sparse_conv2d_backward", "values-fp16", edit(a4=half), TypeError, r"\bvalues has dtype torch.float16"),
+    ("sparse_conv2d_backward", "input-fp64", edit(a1=lambda t: t.double()), TypeError, r"\bgrad_output has dtype torch.float32 but input has torch.float64"),
+    ("sparse_conv2d_backward", "stride-0", edit(a6=lambda s: [0, 1]), ValueError, r"\bstride must be 2 integers >= 1"),
+    ("sparse_conv2d_backward", "values-meta", edit(a4=meta), ValueError, r"\bvalues is on meta"),
     # topk_threshold(tensors, k); total = 22
     ("topk_threshold", "empty-list", edit(a0=lambda ts: []), ValueError, r"\btensors must be a non-empty list"),
     ("topk_threshold", "k-0", edit(a1=lambda k: 0), ValueError, r"\bk must be in \[1, 22\].*got 0"),

@@ -91,3 +91,13 @@ def test_sparse_conv2d_forward_and_backward():
         lambda: ops.sparse_conv2d(input, crow, col, values, ks, stride, padding, dilation, bias).sum().backward()
     )
     assert total == 3 * forward, by_op
+
+
+def test_csr_linear_forward_and_backward():
+    x, crow, col, ccol, row, perm, values, bias = requires_grad_floats(sample_inputs("csr_linear", seed=4)[5])
+    nnz, n = col.numel(), x.shape[0]
+    forward, _ = _count(lambda: ops.csr_linear(x, crow, col, ccol, row, perm, values, bias))
+    assert forward == 2 * nnz * n
+    total, by_op = _count(lambda: ops.csr_linear(x, crow, col, ccol, row, perm, values, bias).sum().backward())
+    # The bias gradient is a sum over the batch, counted as no multiply-adds.
+    assert total == 3 * forward, by_op

@@ -50,8 +50,27 @@ def compressed_index(op: str, ptr_name: str, ptr: torch.Tensor, idx_name: str, i
     same_device(op, [(ptr_name, ptr), (idx_name, idx)])
 
 
+def _validation_key(ptr: torch.Tensor, idx: torch.Tensor, bound: int) -> tuple:
+    # In-place changes bump _version; rebinding .data changes data_ptr.
+    return (ptr.data_ptr(), ptr._version, ptr.numel(), idx.data_ptr(), idx._version, idx.numel(), int(bound))
+
+
 def compressed_index_values(op: str, ptr_name: str, ptr: torch.Tensor, idx_name: str, idx: torch.Tensor, bound: int):
-    """Values of a compressed index: ptr starts at 0, never decreases, ends at nnz; 0 <= idx < bound."""
+    """Values of a compressed index: ptr starts at 0, never decreases, ends at nnz; 0 <= idx < bound.
+
+    A pair that passed is remembered on the index tensor, so the index a sparse module builds once
+    per mask change is not re-read on every call (it is re-checked after any in-place change)."""
+    key = _validation_key(ptr, idx, bound)
+    if getattr(idx, "_granet_checked", None) == key:
+        return
+    _compressed_index_values(op, ptr_name, ptr, idx_name, idx, bound)
+    try:
+        idx._granet_checked = key
+    except (AttributeError, RuntimeError):  # tensor subclasses that refuse attributes
+        pass
+
+
+def _compressed_index_values(op, ptr_name, ptr, idx_name, idx, bound):
     nnz = idx.numel()
     first, last = int(ptr[0]), int(ptr[-1])
     if first != 0:
@@ -67,10 +86,17 @@ def compressed_index_values(op: str, ptr_name: str, ptr: torch.Tensor, idx_name:
 def index_range(op: str, name: str, idx: torch.Tensor, bound: int):
     if idx.numel() == 0:
         return
-    lo, hi = int(idx.min()), int(idx.max())
+    key = (idx.data_ptr(), idx._version, idx.numel(), int(bound))
+    if getattr(idx, "_granet_range_checked", None) == key:
+        return
+    lo, hi = (int(v) for v in torch.aminmax(idx))
     if lo < 0 or hi >= bound:
         bad = lo if lo < 0 else hi
         raise IndexError(f"{op}: {name} holds {bad}, out of range [0, {bound})")
+    try:
+        idx._granet_range_checked = key
+    except (AttributeError, RuntimeError):
+        pass
 
 
 def positive_ints(op: str, name: str, values: Sequence[int], count: int, *, minimum: int = 1):

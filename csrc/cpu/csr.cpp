@@ -1,6 +1,8 @@
 // CPU entry points of the CSR products: checks, panel packing, ISA choice.
 #include <ATen/ATen.h>
 
+#include <cstdlib>
+
 #include "cpu/isa.h"
 #include "cpu/workspace.h"
 #include "granet.h"
@@ -14,25 +16,41 @@ namespace {
 
 using cpu::Scratch;
 
+// Batch-panel width of the CSR kernels in bytes (64 or 128; GRANET_CSR_PANEL_BYTES overrides, for
+// benchmarks): see csr_impl.h.
+int panel_bytes() {
+  static const int forced = [] {
+    const char* env = std::getenv("GRANET_CSR_PANEL_BYTES");
+    return env == nullptr ? 0 : std::atoi(env);
+  }();
+  return forced == 64 || forced == 128 ? forced : 64;
+}
+
+template <typename T>
+int64_t panel_elems(int64_t n, int64_t k) {
+  const int64_t bt = panel_bytes() / static_cast<int64_t>(sizeof(T));
+  return ((n + bt - 1) / bt) * k * bt;
+}
+
 // Packs a 2-D operand into batch panels held in scratch slot `slot`.
 template <typename T>
 T* pack(const at::Tensor& dense, Scratch slot) {
   const int64_t n = dense.size(0), k = dense.size(1);
-  T* panels = cpu::scratch_of<T>(slot, cpu::panel_buffer_elems<T>(n, k));
+  T* panels = cpu::scratch_of<T>(slot, panel_elems<T>(n, k));
   const at::Tensor src = dense.contiguous();
-  GRANET_ISA_CALL(pack<T>, src.data_ptr<T>(), panels, n, k);
+  GRANET_ISA_CALL(pack<T>, src.data_ptr<T>(), panels, n, k, panel_bytes());
   return panels;
 }
 
 template <typename T>
 T* panels_of(Scratch slot, int64_t n, int64_t k) {
-  return cpu::scratch_of<T>(slot, cpu::panel_buffer_elems<T>(n, k));
+  return cpu::scratch_of<T>(slot, panel_elems<T>(n, k));
 }
 
 template <typename T>
 at::Tensor unpack(const T* panels, int64_t n, int64_t k, const at::TensorOptions& options) {
   at::Tensor out = at::empty({n, k}, options);
-  GRANET_ISA_CALL(unpack<T>, panels, out.data_ptr<T>(), n, k);
+  GRANET_ISA_CALL(unpack<T>, panels, out.data_ptr<T>(), n, k, panel_bytes());
   return out;
 }
 
@@ -79,7 +97,7 @@ at::Tensor csr_spmm_cpu(const at::Tensor& crow, const at::Tensor& col, const at:
     const scalar_t* xp = pack<scalar_t>(x, Scratch::a);
     scalar_t* yp = panels_of<scalar_t>(Scratch::b, n, m);
     GRANET_ISA_CALL(spmm<scalar_t>, c.data_ptr<int32_t>(), j.data_ptr<int32_t>(), values.data_ptr<scalar_t>(), xp,
-                    yp, n, m, k);
+                    yp, n, m, k, panel_bytes());
     return unpack<scalar_t>(yp, n, m, x.options());
   });
 }
@@ -95,7 +113,7 @@ at::Tensor csr_spmm_t_cpu(const at::Tensor& ccol, const at::Tensor& row, const a
     const scalar_t* dyp = pack<scalar_t>(dy, Scratch::a);
     scalar_t* dxp = panels_of<scalar_t>(Scratch::b, n, k);
     GRANET_ISA_CALL(backward<scalar_t>, cc.data_ptr<int32_t>(), r.data_ptr<int32_t>(), w_csc, dyp, nullptr, dxp,
-                    nullptr, n, m, k, true, false);
+                    nullptr, n, m, k, true, false, panel_bytes());
     return unpack<scalar_t>(dxp, n, k, dy.options());
   });
 }
@@ -119,7 +137,7 @@ at::Tensor csr_sddmm_cpu(const at::Tensor& crow, const at::Tensor& col, const at
     const scalar_t* dyp = pack<scalar_t>(dy, Scratch::a);
     const scalar_t* xp = pack<scalar_t>(x, Scratch::b);
     GRANET_ISA_CALL(sddmm<scalar_t>, c.data_ptr<int32_t>(), j.data_ptr<int32_t>(), dyp, xp, dw.data_ptr<scalar_t>(), n,
-                    m, k);
+                    m, k, panel_bytes());
   });
   return dw;
 }
@@ -146,7 +164,7 @@ std::tuple<at::Tensor, at::Tensor> csr_linear_backward_cpu(const at::Tensor& cco
     const scalar_t* xp = pack<scalar_t>(x, Scratch::b);
     scalar_t* dxp = panels_of<scalar_t>(Scratch::c, n, k);
     GRANET_ISA_CALL(backward<scalar_t>, cc.data_ptr<int32_t>(), r.data_ptr<int32_t>(), w_csc, dyp, xp, dxp, dw_csc, n,
-                    m, k, true, true);
+                    m, k, true, true, panel_bytes());
     // Gradients go back in CSR order, the order of the values. perm is a checked-in-range
     // permutation built with the index; dvalues is written at every perm[s].
     if (row.numel() > 0) dvalues.zero_();

@@ -221,30 +221,40 @@ void csr_sddmm_panels(const int32_t* crow, const int32_t* col, const T* dyp, con
 
 }  // namespace
 
-// Entry points: T = float (BT 32) or double (BT 16).
+// Entry points. The panel width is one or two cache lines (`panel_bytes` 64 or 128): wider panels
+// read the index and values fewer times (once per panel), narrower ones keep a panel in L2.
+#define GRANET_CSR_PANEL_DISPATCH(call)              \
+  if (panel_bytes == 128) {                          \
+    constexpr int BT = 128 / sizeof(T);              \
+    call;                                            \
+  } else {                                           \
+    constexpr int BT = 64 / sizeof(T);               \
+    call;                                            \
+  }
+
 template <typename T>
-inline void pack(const T* x, T* panels, int64_t n, int64_t k) {
-  pack_panels<T, ::granet::cpu::kPanelBytes / sizeof(T)>(x, panels, n, k);
+inline void pack(const T* x, T* panels, int64_t n, int64_t k, int panel_bytes) {
+  GRANET_CSR_PANEL_DISPATCH((pack_panels<T, BT>(x, panels, n, k)))
 }
 template <typename T>
-inline void unpack(const T* panels, T* out, int64_t n, int64_t k) {
-  unpack_panels<T, ::granet::cpu::kPanelBytes / sizeof(T)>(panels, out, n, k);
+inline void unpack(const T* panels, T* out, int64_t n, int64_t k, int panel_bytes) {
+  GRANET_CSR_PANEL_DISPATCH((unpack_panels<T, BT>(panels, out, n, k)))
 }
 template <typename T>
 inline void spmm(const int32_t* crow, const int32_t* col, const T* values, const T* xp, T* yp, int64_t n, int64_t m,
-                 int64_t k) {
-  csr_spmm_panels<T, ::granet::cpu::kPanelBytes / sizeof(T)>(crow, col, values, xp, yp, n, m, k);
+                 int64_t k, int panel_bytes) {
+  GRANET_CSR_PANEL_DISPATCH((csr_spmm_panels<T, BT>(crow, col, values, xp, yp, n, m, k)))
 }
 template <typename T>
 inline void backward(const int32_t* ccol, const int32_t* row, const T* w_csc, const T* dyp, const T* xp, T* dxp,
-                     T* dw_csc, int64_t n, int64_t m, int64_t k, bool need_dx, bool need_dw) {
-  constexpr int BT = ::granet::cpu::kPanelBytes / sizeof(T);
-  if (need_dx && need_dw)
-    csc_backward_panels<T, BT, true, true>(ccol, row, w_csc, dyp, xp, dxp, dw_csc, n, m, k);
-  else if (need_dx)
-    csc_backward_panels<T, BT, true, false>(ccol, row, w_csc, dyp, xp, dxp, dw_csc, n, m, k);
-  else if (need_dw)
-    csc_backward_panels<T, BT, false, true>(ccol, row, w_csc, dyp, xp, dxp, dw_csc, n, m, k);
+                     T* dw_csc, int64_t n, int64_t m, int64_t k, bool need_dx, bool need_dw, int panel_bytes) {
+  if (need_dx && need_dw) {
+    GRANET_CSR_PANEL_DISPATCH((csc_backward_panels<T, BT, true, true>(ccol, row, w_csc, dyp, xp, dxp, dw_csc, n, m, k)))
+  } else if (need_dx) {
+    GRANET_CSR_PANEL_DISPATCH((csc_backward_panels<T, BT, true, false>(ccol, row, w_csc, dyp, xp, dxp, dw_csc, n, m, k)))
+  } else if (need_dw) {
+    GRANET_CSR_PANEL_DISPATCH((csc_backward_panels<T, BT, false, true>(ccol, row, w_csc, dyp, xp, dxp, dw_csc, n, m, k)))
+  }
 }
 template <typename T>
 inline void gather_values(const T* values, const int32_t* perm, T* out, int64_t nnz) {
@@ -256,9 +266,11 @@ inline void scatter_values(const T* dw_csc, const int32_t* perm, T* out, int64_t
 }
 template <typename T>
 inline void sddmm(const int32_t* crow, const int32_t* col, const T* dyp, const T* xp, T* dw, int64_t n, int64_t m,
-                  int64_t k) {
-  csr_sddmm_panels<T, ::granet::cpu::kPanelBytes / sizeof(T)>(crow, col, dyp, xp, dw, n, m, k);
+                  int64_t k, int panel_bytes) {
+  GRANET_CSR_PANEL_DISPATCH((csr_sddmm_panels<T, BT>(crow, col, dyp, xp, dw, n, m, k)))
 }
+
+#undef GRANET_CSR_PANEL_DISPATCH
 
 }  // namespace GRANET_ISA
 }  // namespace cpu

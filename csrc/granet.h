@@ -21,6 +21,35 @@ at::Tensor csr_sddmm_cpu(const at::Tensor& crow, const at::Tensor& col, const at
 std::tuple<at::Tensor, at::Tensor> csr_linear_backward_cpu(const at::Tensor& ccol, const at::Tensor& row,
                                                            const at::Tensor& perm, const at::Tensor& values,
                                                            const at::Tensor& dy, const at::Tensor& x);
+// BSR (square blocks bs x bs, values [nnzb, bs, bs]): y[N, rows*bs] = x[N, K] @ W^T.
+at::Tensor bsr_spmm_cpu(const at::Tensor& crow, const at::Tensor& col, const at::Tensor& values, const at::Tensor& x);
+// dx[N, K] = dy[N, M] @ W through W's transposed block index (ccol [K/bs+1], row [nnzb], perm [nnzb]).
+at::Tensor bsr_spmm_t_cpu(const at::Tensor& ccol, const at::Tensor& row, const at::Tensor& perm,
+                          const at::Tensor& values, const at::Tensor& dy);
+// out[p] = dy[:, block row(p)]^T @ x[:, block col(p)] -> [nnzb, bs, bs], in BSR order.
+at::Tensor bsr_sddmm_cpu(const at::Tensor& crow, const at::Tensor& col, const at::Tensor& dy, const at::Tensor& x,
+                         int64_t blocksize);
+
+// Sparse conv2d (csrc/cpu/conv.cpp): filter bank W [C_out, C_in, kh, kw] as CSR over
+// [C_out, C_in*kh*kw] (int32 crow/col, values like the data); groups = 1.
+// Forward: input [N, C_in, H, W] -> [N, C_out, H_out, W_out] (+ bias [C_out]).
+at::Tensor sparse_conv2d_cpu(const at::Tensor& input, const at::Tensor& crow, const at::Tensor& col,
+                             const at::Tensor& values, at::IntArrayRef kernel_size, at::IntArrayRef stride,
+                             at::IntArrayRef padding, at::IntArrayRef dilation, const c10::optional<at::Tensor>& bias);
+// Input gradient: grad_output [N, C_out, H_out, W_out] -> [input_shape].
+at::Tensor sparse_conv2d_dx_cpu(const at::Tensor& grad_output, const at::Tensor& crow, const at::Tensor& col,
+                                const at::Tensor& values, at::IntArrayRef input_shape, at::IntArrayRef kernel_size,
+                                at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation);
+// Weight gradient at the nonzeros, in CSR order -> [nnz].
+at::Tensor sparse_conv2d_dw_cpu(const at::Tensor& grad_output, const at::Tensor& input, const at::Tensor& crow,
+                                const at::Tensor& col, at::IntArrayRef kernel_size, at::IntArrayRef stride,
+                                at::IntArrayRef padding, at::IntArrayRef dilation);
+// Both gradients from one pass over dY: (grad_input, grad_values).
+std::tuple<at::Tensor, at::Tensor> sparse_conv2d_backward_cpu(const at::Tensor& grad_output, const at::Tensor& input,
+                                                              const at::Tensor& crow, const at::Tensor& col,
+                                                              const at::Tensor& values, at::IntArrayRef kernel_size,
+                                                              at::IntArrayRef stride, at::IntArrayRef padding,
+                                                              at::IntArrayRef dilation);
 
 #ifdef GRANET_WITH_CUDA
 // --- CUDA (csrc/cuda) ---

@@ -45,12 +45,27 @@ TORCH_LIBRARY(granet, m) {
   m.def("csr_linear_backward(Tensor ccol_indices, Tensor row_indices, Tensor perm, Tensor values, Tensor dy, "
         "Tensor x) -> (Tensor, Tensor)");
 
+  // Both gradients of sparse_conv2d from one pass over grad_output: (grad_input, grad_values [nnz]).
+  m.def("sparse_conv2d_backward(Tensor grad_output, Tensor input, Tensor crow_indices, Tensor col_indices, "
+        "Tensor values, int[2] kernel_size, int[2] stride, int[2] padding, int[2] dilation) -> (Tensor, Tensor)");
+
   // Native kernels behind the public ops (same schemas, one per kernel family).
   m.def("_native_csr_spmm(Tensor crow_indices, Tensor col_indices, Tensor values, Tensor x) -> Tensor");
   m.def("_native_csr_spmm_t(Tensor ccol_indices, Tensor row_indices, Tensor perm, Tensor values, Tensor dy) -> Tensor");
   m.def("_native_csr_sddmm(Tensor crow_indices, Tensor col_indices, Tensor dy, Tensor x) -> Tensor");
   m.def("_native_csr_linear_backward(Tensor ccol_indices, Tensor row_indices, Tensor perm, Tensor values, "
         "Tensor dy, Tensor x) -> (Tensor, Tensor)");
+  m.def("_native_bsr_spmm(Tensor crow_indices, Tensor col_indices, Tensor values, Tensor x) -> Tensor");
+  m.def("_native_bsr_spmm_t(Tensor ccol_indices, Tensor row_indices, Tensor perm, Tensor values, Tensor dy) -> Tensor");
+  m.def("_native_bsr_sddmm(Tensor crow_indices, Tensor col_indices, Tensor dy, Tensor x, int blocksize) -> Tensor");
+  m.def("_native_sparse_conv2d(Tensor input, Tensor crow_indices, Tensor col_indices, Tensor values, "
+        "int[2] kernel_size, int[2] stride, int[2] padding, int[2] dilation, Tensor? bias=None) -> Tensor");
+  m.def("_native_sparse_conv2d_dx(Tensor grad_output, Tensor crow_indices, Tensor col_indices, Tensor values, "
+        "int[4] input_shape, int[2] kernel_size, int[2] stride, int[2] padding, int[2] dilation) -> Tensor");
+  m.def("_native_sparse_conv2d_dw(Tensor grad_output, Tensor input, Tensor crow_indices, Tensor col_indices, "
+        "int[2] kernel_size, int[2] stride, int[2] padding, int[2] dilation) -> Tensor");
+  m.def("_native_sparse_conv2d_backward(Tensor grad_output, Tensor input, Tensor crow_indices, Tensor col_indices, "
+        "Tensor values, int[2] kernel_size, int[2] stride, int[2] padding, int[2] dilation) -> (Tensor, Tensor)");
 }
 
 TORCH_LIBRARY_IMPL(granet, CPU, m) {
@@ -58,6 +73,13 @@ TORCH_LIBRARY_IMPL(granet, CPU, m) {
   m.impl("_native_csr_spmm_t", &granet::csr_spmm_t_cpu);
   m.impl("_native_csr_sddmm", &granet::csr_sddmm_cpu);
   m.impl("_native_csr_linear_backward", &granet::csr_linear_backward_cpu);
+  m.impl("_native_bsr_spmm", &granet::bsr_spmm_cpu);
+  m.impl("_native_bsr_spmm_t", &granet::bsr_spmm_t_cpu);
+  m.impl("_native_bsr_sddmm", &granet::bsr_sddmm_cpu);
+  m.impl("_native_sparse_conv2d", &granet::sparse_conv2d_cpu);
+  m.impl("_native_sparse_conv2d_dx", &granet::sparse_conv2d_dx_cpu);
+  m.impl("_native_sparse_conv2d_dw", &granet::sparse_conv2d_dw_cpu);
+  m.impl("_native_sparse_conv2d_backward", &granet::sparse_conv2d_backward_cpu);
 }
 
 #ifdef GRANET_WITH_CUDA

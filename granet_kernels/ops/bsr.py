@@ -8,7 +8,7 @@ from granet_kernels.ops import _checks as C
 from granet_kernels.ops import reference
 from granet_kernels.ops._autograd import register_linear_autograd, register_not_differentiable
 from granet_kernels.ops._index import transpose_index
-from granet_kernels.ops._registry import register_op
+from granet_kernels.ops._registry import Kernel, register_op
 
 
 def _check_blocks(op, idx_name, idx, values):
@@ -47,6 +47,7 @@ bsr_spmm_def = register_op(
     fake_output=lambda crow, col, values, x: x.new_empty(x.shape[0], (crow.shape[0] - 1) * values.shape[1]),
     flops=lambda crow, col, values, x: 2 * values.numel() * x.shape[0],
     cuda_order=("triton", "reference"),
+    kernels={"cpu": Kernel(lambda *a: torch.ops.granet._native_bsr_spmm(*a), (torch.float32, torch.float64))},
 )
 
 
@@ -77,6 +78,7 @@ bsr_spmm_t_def = register_op(
     fake_output=lambda ccol, row, perm, values, dy: dy.new_empty(dy.shape[0], (ccol.shape[0] - 1) * values.shape[1]),
     flops=lambda ccol, row, perm, values, dy: 2 * values.numel() * dy.shape[0],
     cuda_order=("triton", "reference"),
+    kernels={"cpu": Kernel(lambda *a: torch.ops.granet._native_bsr_spmm_t(*a), (torch.float32, torch.float64))},
 )
 
 
@@ -106,6 +108,7 @@ bsr_sddmm_def = register_op(
     fake_output=lambda crow, col, dy, x, bs: x.new_empty(col.shape[0], bs, bs),
     flops=lambda crow, col, dy, x, bs: 2 * col.numel() * bs * bs * x.shape[0],
     cuda_order=("triton", "reference"),
+    kernels={"cpu": Kernel(lambda *a: torch.ops.granet._native_bsr_sddmm(*a), (torch.float32, torch.float64))},
 )
 
 

@@ -8,7 +8,9 @@ import torch
 from granet_kernels.ops import _checks as C
 from granet_kernels.ops import reference
 from granet_kernels.ops._autograd import register_linear_autograd, register_not_differentiable
-from granet_kernels.ops._registry import register_op
+from granet_kernels.ops._registry import Kernel, register_op
+
+NATIVE_DTYPES = (torch.float32, torch.float64)
 
 
 def output_size(size: int, kernel: int, stride: int, padding: int, dilation: int) -> int:
@@ -77,6 +79,7 @@ sparse_conv2d_def = register_op(
     * input.shape[0]
     * _forward_shape(input, crow, ks, st, pad, dil)[2]
     * _forward_shape(input, crow, ks, st, pad, dil)[3],
+    kernels={"cpu": Kernel(lambda *a: torch.ops.granet._native_sparse_conv2d(*a), NATIVE_DTYPES)},
     cuda_order=("triton", "reference"),
 )
 
@@ -111,6 +114,7 @@ sparse_conv2d_dx_def = register_op(
     reference=reference.sparse_conv2d_dx,
     fake_output=lambda g, crow, col, values, input_shape, ks, st, pad, dil: g.new_empty(list(input_shape)),
     flops=lambda g, crow, col, values, input_shape, ks, st, pad, dil: 2 * col.numel() * g.shape[0] * g.shape[2] * g.shape[3],
+    kernels={"cpu": Kernel(lambda *a: torch.ops.granet._native_sparse_conv2d_dx(*a), NATIVE_DTYPES)},
     cuda_order=("triton", "reference"),
 )
 
@@ -136,23 +140,72 @@ sparse_conv2d_dw_def = register_op(
     reference=reference.sparse_conv2d_dw,
     fake_output=lambda g, input, crow, col, ks, st, pad, dil: input.new_empty(col.shape[0]),
     flops=lambda g, input, crow, col, ks, st, pad, dil: 2 * col.numel() * g.shape[0] * g.shape[2] * g.shape[3],
+    kernels={"cpu": Kernel(lambda *a: torch.ops.granet._native_sparse_conv2d_dw(*a), NATIVE_DTYPES)},
+    cuda_order=("triton", "reference"),
+)
+
+
+# --- sparse_conv2d_backward: both gradients from one pass over grad_output ------------------------
+
+def _check_backward(grad_output, input, crow, col, values, kernel_size, stride, padding, dilation):
+    op = "granet::sparse_conv2d_backward"
+    _check_filters(op, crow, col, values)
+    C.tensor(op, "input", input, dim=4, dtypes=C.FLOAT_DTYPES)
+    _check_grad_output(op, grad_output, list(input.shape), crow, kernel_size, stride, padding, dilation)
+    C.same_dtype(op, [("input", input), ("grad_output", grad_output), ("values", values)])
+    C.same_device(
+        op,
+        [("input", input), ("grad_output", grad_output), ("crow_indices", crow), ("col_indices", col), ("values", values)],
+    )
+
+
+def _check_backward_values(grad_output, input, crow, col, values, kernel_size, stride, padding, dilation):
+    bound = _filter_bound(input.shape[1], kernel_size)
+    C.compressed_index_values("granet::sparse_conv2d_backward", "crow_indices", crow, "col_indices", col, bound)
+
+
+def _reference_backward(grad_output, input, crow, col, values, kernel_size, stride, padding, dilation):
+    grad_input = reference.sparse_conv2d_dx(
+        grad_output, crow, col, values, list(input.shape), kernel_size, stride, padding, dilation
+    )
+    grad_values = reference.sparse_conv2d_dw(grad_output, input, crow, col, kernel_size, stride, padding, dilation)
+    return grad_input, grad_values
+
+
+sparse_conv2d_backward_def = register_op(
+    "sparse_conv2d_backward",
+    check=_check_backward,
+    check_values=_check_backward_values,
+    reference=_reference_backward,
+    fake_output=lambda g, input, crow, col, values, ks, st, pad, dil: (input.new_empty(input.shape), input.new_empty(col.shape[0])),
+    flops=lambda g, input, crow, col, values, ks, st, pad, dil: 4 * col.numel() * g.shape[0] * g.shape[2] * g.shape[3],
+    kernels={"cpu": Kernel(lambda *a: torch.ops.granet._native_sparse_conv2d_backward(*a), NATIVE_DTYPES)},
     cuda_order=("triton", "reference"),
 )
 
 
 def _forward_backward(saved, grad, needs):
     input, crow, col, values, kernel_size, stride, padding, dilation, bias = saved
-    grad_input = torch.ops.granet.sparse_conv2d_dx(
-        grad, crow, col, values, list(input.shape), kernel_size, stride, padding, dilation
-    )
-    grad_values = torch.ops.granet.sparse_conv2d_dw(grad, input, crow, col, kernel_size, stride, padding, dilation)
-    grad_bias = grad.sum((0, 2, 3)) if bias is not None else None
+    need_input, need_values = needs[0], needs[3]
+    grad_input = grad_values = None
+    if need_input and need_values:
+        grad_input, grad_values = torch.ops.granet.sparse_conv2d_backward(
+            grad, input, crow, col, values, kernel_size, stride, padding, dilation
+        )
+    elif need_input:
+        grad_input = torch.ops.granet.sparse_conv2d_dx(
+            grad, crow, col, values, list(input.shape), kernel_size, stride, padding, dilation
+        )
+    elif need_values:
+        grad_values = torch.ops.granet.sparse_conv2d_dw(grad, input, crow, col, kernel_size, stride, padding, dilation)
+    grad_bias = grad.sum((0, 2, 3)) if bias is not None and needs[8] else None
     return grad_input, None, None, grad_values, None, None, None, None, grad_bias
 
 
 register_linear_autograd(sparse_conv2d_def, _forward_backward)
 register_not_differentiable(sparse_conv2d_dx_def, "use sparse_conv2d, whose backward calls it")
 register_not_differentiable(sparse_conv2d_dw_def, "use sparse_conv2d, whose backward calls it")
+register_not_differentiable(sparse_conv2d_backward_def, "use sparse_conv2d, whose backward calls it")
 
 
 def sparse_conv2d(input, crow_indices, col_indices, values, kernel_size, stride=(1, 1), padding=(0, 0), dilation=(1, 1), bias=None):
@@ -173,4 +226,11 @@ def sparse_conv2d_dw(grad_output, input, crow_indices, col_indices, kernel_size,
     """Gradient of sparse_conv2d with respect to the filter values, at the nonzeros only -> [nnz]."""
     return torch.ops.granet.sparse_conv2d_dw(
         grad_output, input, crow_indices, col_indices, list(kernel_size), list(stride), list(padding), list(dilation)
+    )
+
+
+def sparse_conv2d_backward(grad_output, input, crow_indices, col_indices, values, kernel_size, stride=(1, 1), padding=(0, 0), dilation=(1, 1)):
+    """Both gradients of sparse_conv2d from one pass: (grad_input [N, C_in, H, W], grad_values [nnz])."""
+    return torch.ops.granet.sparse_conv2d_backward(
+        grad_output, input, crow_indices, col_indices, values, list(kernel_size), list(stride), list(padding), list(dilation)
     )

@@ -99,7 +99,7 @@ def sample_inputs(op: str, *, device="cpu", dtype=torch.float32, seed=0) -> list
                 out.append((*transpose_index(crow, col, kb), values, _rand((n, mb * bs), noncontiguous=nc, **r)))
             else:
                 out.append((crow, col, _rand((n, mb * bs), noncontiguous=nc, **r), _rand((n, kb * bs), **r), bs))
-    elif op in ("sparse_conv2d", "sparse_conv2d_dx", "sparse_conv2d_dw"):
+    elif op in ("sparse_conv2d", "sparse_conv2d_dx", "sparse_conv2d_dw", "sparse_conv2d_backward"):
         from granet_kernels.ops.conv import output_size
 
         for n, cin, cout, h, w, ks, st, pad, dil, density, has_bias in CONV_SHAPES:
@@ -111,6 +111,8 @@ def sample_inputs(op: str, *, device="cpu", dtype=torch.float32, seed=0) -> list
                 out.append((_rand((n, cin, h, w), **r), crow, col, values, *geometry, bias))
             elif op == "sparse_conv2d_dx":
                 out.append((_rand((n, cout, oh, ow), **r), crow, col, values, [n, cin, h, w], *geometry))
+            elif op == "sparse_conv2d_backward":
+                out.append((_rand((n, cout, oh, ow), **r), _rand((n, cin, h, w), **r), crow, col, values, *geometry))
             else:
                 out.append((_rand((n, cout, oh, ow), **r), _rand((n, cin, h, w), **r), crow, col, *geometry))
     elif op == "topk_threshold":

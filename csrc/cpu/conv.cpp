@@ -1,0 +1,747 @@
+// CPU entry points of the sparse conv2d ops: checks, the pass plans (tiles, entries, packing maps),
+// packing, ISA choice. The kernels are in conv_impl.h.
+//
+// Every pass is a direct convolution on batch-blocked planes [N/L][C][pixels][L] (L = one SIMD vector
+// of batch lanes), reduced to one engine problem: destination pixels cut into tiles that stay in
+// registers, and per destination channel a list of entries (source offset, weight).
+//   forward: source = the zero-padded input; for stride > 1 each input plane is split into its
+//            stride phases (rows φ, φ+s, ...), so every tile still reads contiguous runs.
+//   dX:      source = the zero-padded dY, weights at "flipped" offsets; for stride > 1 the input
+//            gradient is computed phase by phase (the input pixels ih ≡ φ mod stride), each phase a
+//            stride-1 correlation with the nonzeros whose taps land on it.
+//   dW:      fused into the dX pass: every entry also takes <x at the tile's pixels, loaded dY run>.
+// Tile spaces: one tile per run of <= 14 pixels of a destination row ("row mode"), or, for small
+// planes, runs over the rows flattened with the source's row pitch ("flat mode": the pixels past a
+// row's end are computed and dropped; they read zeros or valid neighbours, never out of bounds).
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+
+#include <algorithm>
+#include <cstdint>
+#include <limits>
+#include <vector>
+
+#include "cpu/isa.h"
+#include "granet.h"
+
+#if defined(__linux__)
+#include <sys/mman.h>
+#endif
+
+#define GRANET_ISA_IMPL "cpu/conv_impl.h"
+#include "cpu/for_each_isa.h"
+
+namespace granet {
+
+namespace {
+
+constexpr const char* kOpForward = "granet::sparse_conv2d";
+constexpr const char* kOpDx = "granet::sparse_conv2d_dx";
+constexpr const char* kOpDw = "granet::sparse_conv2d_dw";
+constexpr const char* kOpBackward = "granet::sparse_conv2d_backward";
+
+// Source bytes of one channel block that should stay in L1 (32 KB) next to the tile's partial sums
+// and the entries.
+constexpr int64_t kL1SourceBudget = 24 * 1024;
+// Entries per (channel block, destination channel) worth a block's fixed cost (see channel_blocks).
+constexpr double kSegmentEntries = 12;
+
+struct Geometry {
+  int64_t kh, kw, sh, sw, ph, pw, dh, dw;
+};
+
+int64_t conv_out_size(int64_t size, int64_t k, int64_t s, int64_t p, int64_t d) {
+  const int64_t span = size + 2 * p - d * (k - 1) - 1;
+  return span < 0 ? 0 : span / s + 1;
+}
+
+void check_pair(const char* op, const char* name, at::IntArrayRef v, int64_t minimum) {
+  TORCH_CHECK_VALUE(v.size() == 2 && v[0] >= minimum && v[1] >= minimum, op, ": ", name, " must be 2 integers >= ",
+                    minimum, ", got ", v);
+}
+
+Geometry check_geometry(const char* op, at::IntArrayRef kernel_size, at::IntArrayRef stride, at::IntArrayRef padding,
+                        at::IntArrayRef dilation) {
+  check_pair(op, "kernel_size", kernel_size, 1);
+  check_pair(op, "stride", stride, 1);
+  check_pair(op, "padding", padding, 0);
+  check_pair(op, "dilation", dilation, 1);
+  return {kernel_size[0], kernel_size[1], stride[0], stride[1], padding[0], padding[1], dilation[0], dilation[1]};
+}
+
+void check_cpu(const char* op, const char* name, const at::Tensor& t) {
+  TORCH_CHECK_VALUE(t.device().is_cpu(), op, ": the CPU kernel needs CPU tensors, but ", name, " is on ", t.device());
+}
+
+void check_float4d(const char* op, const char* name, const at::Tensor& t) {
+  TORCH_CHECK_VALUE(t.dim() == 4, op, ": ", name, " must be 4-D [N, C, H, W], got shape ", t.sizes());
+  TORCH_CHECK_VALUE(t.scalar_type() == at::kFloat || t.scalar_type() == at::kDouble, op, ": ", name,
+                    " must be float32 or float64, got ", t.scalar_type());
+  check_cpu(op, name, t);
+}
+
+// Output spatial size; the input must be large enough for at least one output pixel.
+std::pair<int64_t, int64_t> check_output_size(const char* op, int64_t h, int64_t w, const Geometry& g) {
+  const int64_t ho = conv_out_size(h, g.kh, g.sh, g.ph, g.dh), wo = conv_out_size(w, g.kw, g.sw, g.pw, g.dw);
+  TORCH_CHECK_VALUE(ho >= 1 && wo >= 1, op, ": input of spatial size (", h, ", ", w, ") is too small for kernel_size [",
+                    g.kh, ", ", g.kw, "], padding [", g.ph, ", ", g.pw, "], dilation [", g.dh, ", ", g.dw,
+                    "] (output would be [", ho, ", ", wo, "])");
+  return {ho, wo};
+}
+
+// The filter bank: crow/col (int32, CSR over [C_out, C_in*kh*kw]) and, when given, values.
+void check_filters(const char* op, const at::Tensor& crow, const at::Tensor& col, const at::Tensor* values,
+                   const at::Tensor& like, int64_t c_in, const Geometry& g) {
+  check_cpu(op, "crow_indices", crow);
+  check_cpu(op, "col_indices", col);
+  TORCH_CHECK_VALUE(col.dim() == 1, op, ": col_indices must be 1-D, got shape ", col.sizes());
+  TORCH_CHECK_VALUE(col.scalar_type() == at::kInt, op, ": col_indices must be int32, got ", col.scalar_type());
+  if (values != nullptr) {
+    check_cpu(op, "values", *values);
+    TORCH_CHECK_VALUE(values->dim() == 1 && values->numel() == col.numel(), op,
+                      ": values must be 1-D with as many entries as col_indices (", col.numel(), "), got shape ",
+                      values->sizes());
+    TORCH_CHECK_VALUE(values->scalar_type() == like.scalar_type(), op, ": values dtype ", values->scalar_type(),
+                      " does not match the data dtype ", like.scalar_type());
+  }
+  check_compressed_index(op, "crow_indices", crow, "col_indices", col, c_in * g.kh * g.kw);
+}
+
+// grad_output must be [N, C_out, H_out, W_out].
+void check_grad_output(const char* op, const at::Tensor& grad, int64_t n, int64_t c_out, int64_t ho, int64_t wo) {
+  check_float4d(op, "grad_output", grad);
+  TORCH_CHECK_VALUE(grad.size(0) == n && grad.size(1) == c_out && grad.size(2) == ho && grad.size(3) == wo, op,
+                    ": grad_output must have shape [", n, ", ", c_out, ", ", ho, ", ", wo,
+                    "] for this input and filter bank, got ", grad.sizes());
+}
+
+// ---------------------------------------------------------------------------------------------
+// Plans
+// ---------------------------------------------------------------------------------------------
+
+// Destination pixels of one pass: a rows x cols grid whose source runs have row pitch `pitch`.
+struct TileSpace {
+  int64_t rows = 0, cols = 0, q = 0, size = 0;  // q: tile-space row pitch; size: tile-space pixels
+  int64_t max_width = 0;
+  std::vector<int32_t> tiles;  // source pixel, destination pixel, width
+};
+
+std::vector<int64_t> split_widths(int64_t total, int64_t wmax) {
+  std::vector<int64_t> widths;
+  if (total <= 0) return widths;
+  const int64_t n = (total + wmax - 1) / wmax;
+  for (int64_t i = 0; i < n; ++i) widths.push_back(total / n + (i < total % n ? 1 : 0));
+  return widths;
+}
+
+int64_t tiles_cost(const std::vector<int64_t>& widths) {
+  int64_t cost = 0;  // a tile narrower than 8 accumulators waits on the FMA latency; +3 per tile overhead
+  for (int64_t w : widths) cost += std::max<int64_t>(w, 8) + 3;
+  return cost;
+}
+
+TileSpace make_tiles(int64_t rows, int64_t cols, int64_t pitch, int64_t wmax) {
+  TileSpace ts;
+  ts.rows = rows;
+  ts.cols = cols;
+  const std::vector<int64_t> row_widths = split_widths(cols, wmax);
+  const int64_t span = (rows - 1) * pitch + cols;
+  const std::vector<int64_t> flat_widths = split_widths(span, wmax);
+  const bool flat = rows > 1 && tiles_cost(flat_widths) < rows * tiles_cost(row_widths);
+  if (flat) {
+    ts.q = pitch;
+    int64_t f = 0;
+    for (int64_t w : flat_widths) {
+      ts.tiles.insert(ts.tiles.end(), {static_cast<int32_t>(f), static_cast<int32_t>(f), static_cast<int32_t>(w)});
+      ts.max_width = std::max(ts.max_width, w);
+      f += w;
+    }
+  } else {
+    ts.q = cols;
+    for (int64_t k = 0; k < rows; ++k) {
+      int64_t j = 0;
+      for (int64_t w : row_widths) {
+        ts.tiles.insert(ts.tiles.end(), {static_cast<int32_t>(k * pitch + j), static_cast<int32_t>(k * cols + j),
+                                         static_cast<int32_t>(w)});
+        ts.max_width = std::max(ts.max_width, w);
+        j += w;
+      }
+    }
+  }
+  ts.size = (rows - 1) * ts.q + cols;
+  return ts;
+}
+
+// Pixels of one source channel that a tile of width w touches over all shifts.
+int64_t footprint(std::vector<int64_t> shifts, int64_t w) {
+  std::sort(shifts.begin(), shifts.end());
+  int64_t covered = 0, end = std::numeric_limits<int64_t>::min();
+  for (int64_t s : shifts) {
+    const int64_t lo = std::max(s, end), hi = s + w;
+    if (hi > lo) covered += hi - lo;
+    end = std::max(end, hi);
+  }
+  return covered;
+}
+
+// Source channels per block: as many as keep a tile's footprint over one block within
+// kL1SourceBudget, but at least enough for ~kSegmentEntries entries per (block, destination channel)
+// at this density: at low density each segment's fixed cost (reloading and storing the tile's
+// partial sums) would otherwise outweigh its few entries.
+int64_t channel_blocks(int64_t channels, int64_t fp_px, int64_t pixel_bytes, int64_t nnz, int64_t n_dst) {
+  if (channels <= 0) return 1;
+  int64_t per_block = std::max<int64_t>(1, kL1SourceBudget / std::max<int64_t>(1, fp_px * pixel_bytes));
+  // entries per (destination channel, source channel)
+  const double rate = static_cast<double>(nnz) / static_cast<double>(std::max<int64_t>(1, n_dst * channels));
+  if (rate > 0) per_block = std::max(per_block, static_cast<int64_t>(kSegmentEntries / rate));
+  per_block = std::min(per_block, channels);
+  return (channels + per_block - 1) / per_block;
+}
+
+// Channel stride (pixels) of a packed source: the plane, padded so that consecutive channels' tile
+// footprints fall on different L1 sets (planes a multiple of 4 KB apart would all alias).
+int64_t padded_channel_stride(int64_t plane_px, int64_t fp_px, int64_t pixel_bytes) {
+  const int64_t period = std::max<int64_t>(1, 4096 / pixel_bytes);
+  if (fp_px >= period || period == 1) return plane_px;
+  const int64_t target = std::max<int64_t>(fp_px, 1) % period;
+  const int64_t pad = ((target - plane_px % period) % period + period) % period;
+  return plane_px + pad;
+}
+
+// The entries of one pass, grouped by (channel block, destination channel) and sorted by offset.
+template <typename T>
+struct Entries {
+  std::vector<int32_t> seg, offs;
+  std::vector<T> vals;
+  std::vector<int64_t> nz;  // CSR position of each entry
+  int64_t n_cb = 1, n_dst = 0;
+};
+
+// Nonzeros of one pass before grouping: key = channel block * n_dst + destination channel.
+struct RawEntries {
+  std::vector<int64_t> key, off, nz;
+  void reserve(int64_t n) {
+    key.reserve(n);
+    off.reserve(n);
+    nz.reserve(n);
+  }
+  void add(int64_t k, int64_t o, int64_t q) {
+    key.push_back(k);
+    off.push_back(o);
+    nz.push_back(q);
+  }
+};
+
+template <typename T>
+Entries<T> make_entries(const RawEntries& raw, int64_t n_cb, int64_t n_dst, const T* values) {
+  Entries<T> e;
+  e.n_cb = n_cb;
+  e.n_dst = n_dst;
+  const int64_t n_keys = n_cb * n_dst, count = static_cast<int64_t>(raw.key.size());
+  e.seg.assign(n_keys + 1, 0);
+  for (int64_t k : raw.key) e.seg[k + 1] += 1;
+  for (int64_t k = 0; k < n_keys; ++k) e.seg[k + 1] += e.seg[k];
+  std::vector<int32_t> fill(e.seg.begin(), e.seg.end() - 1);
+  e.offs.resize(count);
+  e.nz.resize(count);
+  for (int64_t i = 0; i < count; ++i) {
+    const int32_t slot = fill[raw.key[i]]++;
+    e.offs[slot] = static_cast<int32_t>(raw.off[i]);
+    e.nz[slot] = raw.nz[i];
+  }
+  // Ascending offsets inside a segment (short: insertion sort): neighbouring entries share lines.
+  for (int64_t k = 0; k < n_keys; ++k) {
+    for (int32_t i = e.seg[k] + 1; i < e.seg[k + 1]; ++i) {
+      const int32_t o = e.offs[i];
+      const int64_t q = e.nz[i];
+      int32_t j = i - 1;
+      for (; j >= e.seg[k] && e.offs[j] > o; --j) {
+        e.offs[j + 1] = e.offs[j];
+        e.nz[j + 1] = e.nz[j];
+      }
+      e.offs[j + 1] = o;
+      e.nz[j + 1] = q;
+    }
+  }
+  if (values != nullptr) {
+    e.vals.resize(count);
+    for (int64_t i = 0; i < count; ++i) e.vals[i] = values[e.nz[i]];
+  }
+  return e;
+}
+
+// Thread work items [bb0, bb1, c0, c1): batch blocks split evenly when there are enough and no
+// reduction over the batch (dW) is involved; else destination channels split by entry count.
+std::vector<int64_t> make_parts(int64_t nb, int64_t n_dst, const std::vector<int32_t>& seg, int64_t n_cb,
+                                bool batch_ok) {
+  const int64_t threads = std::max<int64_t>(1, at::get_num_threads());
+  std::vector<int64_t> parts;
+  if (threads == 1 || nb == 0) return {0, nb, 0, n_dst};
+  if (batch_ok && (nb >= 2 * threads || nb % threads == 0)) {
+    const int64_t p = std::min(threads, nb);
+    for (int64_t i = 0; i < p; ++i) parts.insert(parts.end(), {nb * i / p, nb * (i + 1) / p, 0, n_dst});
+    return parts;
+  }
+  std::vector<int64_t> cost(n_dst + 1, 0);
+  for (int64_t c = 0; c < n_dst; ++c) {
+    int64_t entries = 0;
+    for (int64_t cb = 0; cb < n_cb; ++cb) entries += seg[cb * n_dst + c + 1] - seg[cb * n_dst + c];
+    cost[c + 1] = cost[c] + entries + 2;
+  }
+  int64_t c0 = 0;
+  for (int64_t i = 0; i < threads && c0 < n_dst; ++i) {
+    const int64_t goal = cost[n_dst] * (i + 1) / threads;
+    int64_t c1 = c0 + 1;
+    while (c1 < n_dst && cost[c1] < goal) ++c1;
+    if (i == threads - 1) c1 = n_dst;
+    parts.insert(parts.end(), {0, nb, c0, c1});
+    c0 = c1;
+  }
+  if (c0 < n_dst) parts.insert(parts.end(), {0, nb, c0, n_dst});
+  return parts;
+}
+
+// Entry offsets, tile positions and plane maps are int32.
+void check_offsets_fit(const char* op, int64_t elems) {
+  TORCH_CHECK_VALUE(elems < std::numeric_limits<int32_t>::max(), op,
+                    ": the operands are too large for the CPU kernel's 32-bit offsets (", elems,
+                    " elements per batch block or plane)");
+}
+
+// A fresh output tensor whose pages are not yet touched. Large ones are advised onto transparent huge
+// pages (where the kernel offers them on request): the first write of a multi-megabyte output
+// otherwise takes one page fault per 4 KB, which costs as much as a sparse pass itself (measured
+// ~4 us a fault on a KVM guest).
+at::Tensor empty_output(at::IntArrayRef sizes, const at::TensorOptions& options) {
+  at::Tensor t = at::empty(sizes, options);
+#if defined(__linux__) && defined(MADV_HUGEPAGE)
+  constexpr uintptr_t kHuge = uintptr_t(2) << 20;
+  if (t.nbytes() >= 2 * kHuge) {
+    const uintptr_t begin = reinterpret_cast<uintptr_t>(t.data_ptr());
+    const uintptr_t lo = (begin + kHuge - 1) & ~(kHuge - 1), hi = (begin + t.nbytes()) & ~(kHuge - 1);
+    if (hi > lo) madvise(reinterpret_cast<void*>(lo), hi - lo, MADV_HUGEPAGE);  // advice only: errors are harmless
+  }
+#endif
+  return t;
+}
+
+// Scratch buffers of the passes (packed operands, partial sums), kept per thread and slot and reused
+// across calls: a fresh multi-megabyte allocation costs its page faults on every call. A buffer is
+// only replaced when a larger one (or another dtype) is needed.
+enum WorkspaceSlot { kSlotSource = 0, kSlotX = 1, kSlotPartial = 2, kSlots = 3 };
+
+template <typename T>
+T* workspace(int slot, int64_t elems, const at::TensorOptions& options) {
+  thread_local at::Tensor buffers[2][kSlots];
+  at::Tensor& buf = buffers[sizeof(T) == 8 ? 1 : 0][slot];
+  if (!buf.defined() || buf.numel() < elems) {
+    buf = at::Tensor();  // free first: old and new need not coexist
+    buf = empty_output({std::max<int64_t>(elems, 1)}, options.dtype(c10::CppTypeToScalarType<T>::value));
+  }
+  return buf.data_ptr<T>();
+}
+
+template <typename T>
+T* pack(int slot, const at::Tensor& x, int64_t lanes, const std::vector<int32_t>& map, int64_t ch_stride) {
+  const int64_t n = x.size(0), c = x.size(1), in_px = x.size(2) * x.size(3);
+  const int64_t nb = (n + lanes - 1) / lanes;
+  T* dst = workspace<T>(slot, nb * c * ch_stride * lanes, x.options());
+  const at::Tensor src = x.contiguous();
+  GRANET_ISA_CALL(conv_pack<T>, src.data_ptr<T>(), dst, n, c, in_px, map.data(), static_cast<int64_t>(map.size()),
+                  ch_stride);
+  return dst;
+}
+
+template <typename T>
+cpu::ConvTask<T> make_task(const T* src, int64_t src_bb, int64_t n_dst, const TileSpace& ts, const Entries<T>& e,
+                           const std::vector<int64_t>& parts) {
+  cpu::ConvTask<T> t{};
+  t.src = src;
+  t.src_bb = src_bb;
+  t.n_dst = n_dst;
+  t.tiles = ts.tiles.data();
+  t.n_tiles = static_cast<int64_t>(ts.tiles.size() / 3);
+  t.max_w = ts.max_width;
+  t.seg = e.seg.data();
+  t.n_cb = e.n_cb;
+  t.offs = e.offs.data();
+  t.vals = e.vals.empty() ? nullptr : e.vals.data();
+  t.parts = parts.data();
+  t.n_parts = static_cast<int64_t>(parts.size() / 4);
+  return t;
+}
+
+// Accumulation into out [n][n_dst][out_px] through the tile-space map (partial sums per part).
+template <typename T>
+void set_output(cpu::ConvTask<T>& t, T* out, int64_t n, int64_t out_px, const std::vector<int32_t>& map,
+                const T* bias, int64_t lanes, const at::TensorOptions& options) {
+  t.out = out;
+  t.out_ch = out_px;
+  t.out_img = t.n_dst * out_px;
+  t.map = map.data();
+  t.bias = bias;
+  t.n_img = n;
+  t.partial_part = t.n_cb > 1 ? t.n_dst * t.max_w * lanes : 0;
+  t.partial = t.n_cb > 1 ? workspace<T>(kSlotPartial, t.n_parts * t.partial_part, options) : nullptr;
+}
+
+// Tile-space pixel f -> index into an [rows_out][cols_out] plane, or -1 past a row's end.
+std::vector<int32_t> tile_space_map(const TileSpace& ts, int64_t row0, int64_t row_step, int64_t col0,
+                                    int64_t col_step, int64_t out_cols) {
+  std::vector<int32_t> map(ts.size);
+  for (int64_t f = 0; f < ts.size; ++f) {
+    const int64_t k = f / ts.q, j = f % ts.q;
+    map[f] = j < ts.cols ? static_cast<int32_t>((row0 + k * row_step) * out_cols + col0 + j * col_step) : -1;
+  }
+  return map;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Forward
+// ---------------------------------------------------------------------------------------------
+
+template <typename T>
+at::Tensor forward_impl(const at::Tensor& input, const at::Tensor& crow_in, const at::Tensor& col_in,
+                        const at::Tensor& values_in, const Geometry& g, const c10::optional<at::Tensor>& bias_in,
+                        int64_t ho, int64_t wo) {
+  const int64_t n = input.size(0), c_in = input.size(1), h = input.size(2), w = input.size(3);
+  const int64_t c_out = crow_in.numel() - 1;
+  at::Tensor out = empty_output({n, c_out, ho, wo}, input.options());
+  if (out.numel() == 0) return out;
+  const int64_t lanes = GRANET_ISA_CALL(conv_lanes<T>);
+  const int64_t pixel_bytes = lanes * static_cast<int64_t>(sizeof(T));
+  const int64_t nb = (n + lanes - 1) / lanes;
+
+  // Source: the zero-padded input, each plane split into the stride phases the taps use.
+  const int64_t hp = h + 2 * g.ph, wp = w + 2 * g.pw;
+  std::vector<int64_t> phase_h(g.sh, -1), phase_w(g.sw, -1), used_h, used_w;
+  for (int64_t r = 0; r < g.kh; ++r)
+    if (phase_h[(r * g.dh) % g.sh] < 0) {
+      phase_h[(r * g.dh) % g.sh] = static_cast<int64_t>(used_h.size());
+      used_h.push_back((r * g.dh) % g.sh);
+    }
+  for (int64_t s = 0; s < g.kw; ++s)
+    if (phase_w[(s * g.dw) % g.sw] < 0) {
+      phase_w[(s * g.dw) % g.sw] = static_cast<int64_t>(used_w.size());
+      used_w.push_back((s * g.dw) % g.sw);
+    }
+  int64_t hs = 0, ws = 0;
+  for (int64_t p : used_h) hs = std::max(hs, (hp - p + g.sh - 1) / g.sh);
+  for (int64_t p : used_w) ws = std::max(ws, (wp - p + g.sw - 1) / g.sw);
+  const int64_t nph = static_cast<int64_t>(used_h.size()), npw = static_cast<int64_t>(used_w.size());
+  const int64_t plane_px = nph * npw * hs * ws;
+  auto shift = [&](int64_t r, int64_t s) {
+    const int64_t a = phase_h[(r * g.dh) % g.sh], b = phase_w[(s * g.dw) % g.sw];
+    return ((a * npw + b) * hs + (r * g.dh) / g.sh) * ws + (s * g.dw) / g.sw;
+  };
+
+  const TileSpace ts = make_tiles(ho, wo, ws, cpu::kConvMaxTile);
+  std::vector<int64_t> shifts;
+  for (int64_t r = 0; r < g.kh; ++r)
+    for (int64_t s = 0; s < g.kw; ++s) shifts.push_back(shift(r, s));
+  const int64_t fp = footprint(shifts, ts.max_width);
+  const int64_t n_cb = channel_blocks(c_in, fp, pixel_bytes, col_in.numel(), c_out);
+  const int64_t cb_size = std::max<int64_t>(1, (c_in + n_cb - 1) / n_cb);
+  const int64_t ch_stride = padded_channel_stride(plane_px, fp, pixel_bytes);
+  check_offsets_fit(kOpForward, c_in * ch_stride * lanes);
+  check_offsets_fit(kOpForward, std::max(h * w, ho * wo));
+
+  std::vector<int32_t> pack_map(plane_px);
+  for (int64_t a = 0; a < nph; ++a)
+    for (int64_t b = 0; b < npw; ++b)
+      for (int64_t i = 0; i < hs; ++i)
+        for (int64_t j = 0; j < ws; ++j) {
+          const int64_t y = used_h[a] + i * g.sh - g.ph, x = used_w[b] + j * g.sw - g.pw;
+          pack_map[((a * npw + b) * hs + i) * ws + j] =
+              (y >= 0 && y < h && x >= 0 && x < w) ? static_cast<int32_t>(y * w + x) : -1;
+        }
+
+  const at::Tensor crow = crow_in.contiguous(), col = col_in.contiguous(), values = values_in.contiguous();
+  const int32_t* cr = crow.data_ptr<int32_t>();
+  const int32_t* cl = col.data_ptr<int32_t>();
+  RawEntries raw;
+  raw.reserve(col.numel());
+  const int64_t taps = g.kh * g.kw;
+  std::vector<int64_t> tap_shift(taps);
+  for (int64_t rs = 0; rs < taps; ++rs) tap_shift[rs] = shift(rs / g.kw, rs % g.kw);
+  for (int64_t o = 0; o < c_out; ++o)
+    for (int64_t q = cr[o]; q < cr[o + 1]; ++q) {
+      const int64_t ci = cl[q] / taps, rs = cl[q] - ci * taps;
+      raw.add((ci / cb_size) * c_out + o, (ci * ch_stride + tap_shift[rs]) * lanes, q);
+    }
+  const Entries<T> e = make_entries<T>(raw, n_cb, c_out, values.data_ptr<T>());
+  const std::vector<int32_t> out_map = tile_space_map(ts, 0, 1, 0, 1, wo);
+  const std::vector<int64_t> parts = make_parts(nb, c_out, e.seg, n_cb, true);
+
+  const T* src = pack<T>(kSlotSource, input, lanes, pack_map, ch_stride);
+  at::Tensor bias;
+  if (bias_in.has_value()) bias = bias_in->contiguous();
+  cpu::ConvTask<T> task = make_task<T>(src, c_in * ch_stride * lanes, c_out, ts, e, parts);
+  set_output<T>(task, out.data_ptr<T>(), n, ho * wo, out_map, bias.defined() ? bias.data_ptr<T>() : nullptr, lanes,
+                input.options());
+  GRANET_ISA_CALL(conv_engine<T>, task, true, false);
+  return out;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Backward: dX (and dW) phase by phase over the input pixels
+// ---------------------------------------------------------------------------------------------
+
+template <typename T>
+struct BackwardPhase {
+  TileSpace ts;
+  Entries<T> e;
+  std::vector<int32_t> map;  // tile space -> input plane index
+};
+
+template <typename T>
+struct BackwardPlan {
+  int64_t lanes = 0, nb = 0, hq = 0, wq = 0, ch_stride = 0;
+  std::vector<int32_t> dy_map;
+  std::vector<BackwardPhase<T>> phases;
+};
+
+// Input pixel ih = phi + k*stride gets tap r from dY row k + A(r), where phi = (r*d - p) mod stride.
+struct TapPhase {
+  int64_t phase, a;
+};
+
+TapPhase tap_phase(int64_t r, int64_t d, int64_t p, int64_t stride) {
+  const int64_t phi = (((r * d - p) % stride) + stride) % stride;
+  return {phi, (phi + p - r * d) / stride};
+}
+
+template <typename T>
+BackwardPlan<T> backward_plan(const char* op, int64_t n, int64_t c_in, int64_t h, int64_t w, int64_t c_out, int64_t ho,
+                              int64_t wo, const Geometry& g, const int32_t* cr, const int32_t* cl, const T* values,
+                              bool fused_tiles) {
+  BackwardPlan<T> plan;
+  plan.lanes = GRANET_ISA_CALL(conv_lanes<T>);
+  const int64_t lanes = plan.lanes, pixel_bytes = lanes * static_cast<int64_t>(sizeof(T));
+  plan.nb = (n + lanes - 1) / lanes;
+  auto rows_of = [](int64_t phi, int64_t size, int64_t stride) { return phi < size ? (size - phi + stride - 1) / stride : 0; };
+
+  // Halo of the padded dY: every tap of every phase with pixels reads inside it.
+  int64_t top = 0, left = 0, need_h = ho, need_w = wo;
+  for (int64_t r = 0; r < g.kh; ++r) {
+    const TapPhase t = tap_phase(r, g.dh, g.ph, g.sh);
+    const int64_t rows = rows_of(t.phase, h, g.sh);
+    if (rows == 0) continue;
+    top = std::max(top, -t.a);
+  }
+  for (int64_t s = 0; s < g.kw; ++s) {
+    const TapPhase t = tap_phase(s, g.dw, g.pw, g.sw);
+    const int64_t cols = rows_of(t.phase, w, g.sw);
+    if (cols == 0) continue;
+    left = std::max(left, -t.a);
+  }
+  for (int64_t r = 0; r < g.kh; ++r) {
+    const TapPhase t = tap_phase(r, g.dh, g.ph, g.sh);
+    const int64_t rows = rows_of(t.phase, h, g.sh);
+    if (rows > 0) need_h = std::max(need_h, rows + t.a);
+  }
+  for (int64_t s = 0; s < g.kw; ++s) {
+    const TapPhase t = tap_phase(s, g.dw, g.pw, g.sw);
+    const int64_t cols = rows_of(t.phase, w, g.sw);
+    if (cols > 0) need_w = std::max(need_w, cols + t.a);
+  }
+  plan.hq = top + need_h;
+  plan.wq = left + need_w;
+  const int64_t wmax = fused_tiles ? cpu::kConvMaxFusedTile : cpu::kConvMaxTile;
+
+  // Tile spaces and footprints first (the channel stride depends on the largest footprint).
+  struct PhaseGeom {
+    int64_t ph, pw, rows, cols, fp, n_cb;
+  };
+  std::vector<PhaseGeom> geoms;
+  int64_t max_fp = 0;
+  for (int64_t a = 0; a < g.sh; ++a)
+    for (int64_t b = 0; b < g.sw; ++b) {
+      const int64_t rows = rows_of(a, h, g.sh), cols = rows_of(b, w, g.sw);
+      if (rows == 0 || cols == 0) continue;
+      BackwardPhase<T> ph;
+      ph.ts = make_tiles(rows, cols, plan.wq, wmax);
+      std::vector<int64_t> shifts;
+      for (int64_t r = 0; r < g.kh; ++r)
+        for (int64_t s = 0; s < g.kw; ++s) {
+          const TapPhase tr = tap_phase(r, g.dh, g.ph, g.sh), tc = tap_phase(s, g.dw, g.pw, g.sw);
+          if (tr.phase == a && tc.phase == b) shifts.push_back((tr.a + top) * plan.wq + tc.a + left);
+        }
+      const int64_t fp = footprint(shifts, ph.ts.max_width);
+      max_fp = std::max(max_fp, fp);
+      geoms.push_back({a, b, rows, cols, fp, channel_blocks(c_out, fp, pixel_bytes, cr[c_out], c_in)});
+      ph.map = tile_space_map(ph.ts, a, g.sh, b, g.sw, w);
+      plan.phases.push_back(std::move(ph));
+    }
+  plan.ch_stride = padded_channel_stride(plan.hq * plan.wq, max_fp, pixel_bytes);
+  check_offsets_fit(op, c_out * plan.ch_stride * lanes);
+  check_offsets_fit(op, std::max(h * w, ho * wo));
+
+  plan.dy_map.resize(plan.hq * plan.wq);
+  for (int64_t i = 0; i < plan.hq; ++i)
+    for (int64_t j = 0; j < plan.wq; ++j) {
+      const int64_t y = i - top, x = j - left;
+      plan.dy_map[i * plan.wq + j] = (y >= 0 && y < ho && x >= 0 && x < wo) ? static_cast<int32_t>(y * wo + x) : -1;
+    }
+
+  // Entries: nonzero (o, ci, r, s) goes to the phase its tap lands on; destination ci, source o.
+  const int64_t taps = g.kh * g.kw;
+  std::vector<int64_t> phase_index(g.sh * g.sw, -1);
+  for (size_t i = 0; i < geoms.size(); ++i) phase_index[geoms[i].ph * g.sw + geoms[i].pw] = static_cast<int64_t>(i);
+  std::vector<RawEntries> raw(geoms.size());
+  std::vector<int64_t> cb_size(geoms.size());
+  for (size_t i = 0; i < geoms.size(); ++i) cb_size[i] = std::max<int64_t>(1, (c_out + geoms[i].n_cb - 1) / geoms[i].n_cb);
+  // Per tap: its phase and its shift in the padded dY plane.
+  std::vector<int64_t> tap_pass(taps), tap_shift(taps);
+  for (int64_t rs = 0; rs < taps; ++rs) {
+    const TapPhase tr = tap_phase(rs / g.kw, g.dh, g.ph, g.sh), tc = tap_phase(rs % g.kw, g.dw, g.pw, g.sw);
+    tap_pass[rs] = phase_index[tr.phase * g.sw + tc.phase];
+    tap_shift[rs] = (tr.a + top) * plan.wq + tc.a + left;
+  }
+  for (RawEntries& r : raw) r.reserve(geoms.size() == 1 ? static_cast<int64_t>(cr[c_out]) : 0);
+  for (int64_t o = 0; o < c_out; ++o)
+    for (int64_t q = cr[o]; q < cr[o + 1]; ++q) {
+      const int64_t ci = cl[q] / taps, rs = cl[q] - ci * taps;
+      const int64_t p = tap_pass[rs];
+      if (p < 0) continue;  // the tap only meets padding: its dW is 0, it adds nothing to dX
+      raw[p].add((o / cb_size[p]) * c_in + ci, (o * plan.ch_stride + tap_shift[rs]) * lanes, q);
+    }
+  for (size_t i = 0; i < geoms.size(); ++i) {
+    plan.phases[i].e = make_entries<T>(raw[i], geoms[i].n_cb, c_in, values);
+    check_offsets_fit(op, c_in * plan.phases[i].ts.size * lanes);  // x at the tile-space pixels (dW)
+  }
+  return plan;
+}
+
+// dX and/or dW of the conv; dx / dvalues are written when need_dx / need_dw.
+template <typename T>
+void backward_impl(const char* op, const at::Tensor& grad, const at::Tensor* input, const at::Tensor& crow_in,
+                   const at::Tensor& col_in, const at::Tensor* values_in, int64_t n, int64_t c_in, int64_t h, int64_t w,
+                   const Geometry& g, at::Tensor* dx, at::Tensor* dvalues) {
+  const bool need_dx = dx != nullptr, need_dw = dvalues != nullptr;
+  const int64_t c_out = crow_in.numel() - 1, ho = grad.size(2), wo = grad.size(3);
+  if (n == 0 || c_in == 0 || h == 0 || w == 0) {
+    if (need_dx) dx->zero_();
+    return;
+  }
+  const at::Tensor crow = crow_in.contiguous(), col = col_in.contiguous();
+  at::Tensor values;
+  if (need_dx) values = values_in->contiguous();
+  const BackwardPlan<T> plan = backward_plan<T>(op, n, c_in, h, w, c_out, ho, wo, g, crow.data_ptr<int32_t>(),
+                                                col.data_ptr<int32_t>(), need_dx ? values.data_ptr<T>() : nullptr,
+                                                need_dx && need_dw);
+  const int64_t lanes = plan.lanes, nb = plan.nb;
+  const T* src = pack<T>(kSlotSource, grad, lanes, plan.dy_map, plan.ch_stride);
+  const int64_t src_bb = c_out * plan.ch_stride * lanes;
+  for (const BackwardPhase<T>& ph : plan.phases) {
+    const std::vector<int64_t> parts = make_parts(nb, c_in, ph.e.seg, ph.e.n_cb, !need_dw);
+    cpu::ConvTask<T> task = make_task<T>(src, src_bb, c_in, ph.ts, ph.e, parts);
+    at::Tensor dw_e;
+    if (need_dx) set_output<T>(task, dx->data_ptr<T>(), n, h * w, ph.map, nullptr, lanes, grad.options());
+    if (need_dw) {
+      task.xt = pack<T>(kSlotX, *input, lanes, ph.map, ph.ts.size);
+      task.xt_ch = ph.ts.size * lanes;
+      task.xt_bb = c_in * task.xt_ch;
+      dw_e = at::zeros({static_cast<int64_t>(ph.e.offs.size())}, grad.options());
+      task.dw = dw_e.data_ptr<T>();
+    }
+    GRANET_ISA_CALL(conv_engine<T>, task, need_dx, need_dw);
+    if (need_dw) {
+      T* out = dvalues->data_ptr<T>();
+      const T* acc = dw_e.data_ptr<T>();
+      for (size_t i = 0; i < ph.e.nz.size(); ++i) out[ph.e.nz[i]] = acc[i];
+    }
+  }
+}
+
+}  // namespace
+
+at::Tensor sparse_conv2d_cpu(const at::Tensor& input, const at::Tensor& crow, const at::Tensor& col,
+                             const at::Tensor& values, at::IntArrayRef kernel_size, at::IntArrayRef stride,
+                             at::IntArrayRef padding, at::IntArrayRef dilation, const c10::optional<at::Tensor>& bias) {
+  const char* op = kOpForward;
+  check_float4d(op, "input", input);
+  const Geometry g = check_geometry(op, kernel_size, stride, padding, dilation);
+  check_filters(op, crow, col, &values, input, input.size(1), g);
+  const int64_t c_out = crow.numel() - 1;
+  if (bias.has_value()) {
+    check_cpu(op, "bias", *bias);
+    TORCH_CHECK_VALUE(bias->dim() == 1 && bias->size(0) == c_out, op, ": bias must be 1-D with ", c_out,
+                      " entries (the output channels, len(crow_indices) - 1), got shape ", bias->sizes());
+    TORCH_CHECK_VALUE(bias->scalar_type() == input.scalar_type(), op, ": bias dtype ", bias->scalar_type(),
+                      " does not match input dtype ", input.scalar_type());
+  }
+  const std::pair<int64_t, int64_t> out_hw = check_output_size(op, input.size(2), input.size(3), g);
+  const int64_t ho = out_hw.first, wo = out_hw.second;
+  return AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "granet_sparse_conv2d_cpu", [&] {
+    return forward_impl<scalar_t>(input, crow, col, values, g, bias, ho, wo);
+  });
+}
+
+at::Tensor sparse_conv2d_dx_cpu(const at::Tensor& grad_output, const at::Tensor& crow, const at::Tensor& col,
+                                const at::Tensor& values, at::IntArrayRef input_shape, at::IntArrayRef kernel_size,
+                                at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation) {
+  const char* op = kOpDx;
+  check_float4d(op, "grad_output", grad_output);
+  const Geometry g = check_geometry(op, kernel_size, stride, padding, dilation);
+  TORCH_CHECK_VALUE(input_shape.size() == 4 && input_shape[0] >= 0 && input_shape[1] >= 0 && input_shape[2] >= 0 &&
+                        input_shape[3] >= 0,
+                    op, ": input_shape must be 4 sizes [N, C, H, W] >= 0, got ", input_shape);
+  const int64_t n = input_shape[0], c_in = input_shape[1], h = input_shape[2], w = input_shape[3];
+  check_filters(op, crow, col, &values, grad_output, c_in, g);
+  const std::pair<int64_t, int64_t> out_hw = check_output_size(op, h, w, g);
+  const int64_t ho = out_hw.first, wo = out_hw.second;
+  check_grad_output(op, grad_output, n, crow.numel() - 1, ho, wo);
+  at::Tensor dx = empty_output({n, c_in, h, w}, grad_output.options());
+  AT_DISPATCH_FLOATING_TYPES(grad_output.scalar_type(), "granet_sparse_conv2d_dx_cpu", [&] {
+    backward_impl<scalar_t>(op, grad_output, nullptr, crow, col, &values, n, c_in, h, w, g, &dx, nullptr);
+  });
+  return dx;
+}
+
+at::Tensor sparse_conv2d_dw_cpu(const at::Tensor& grad_output, const at::Tensor& input, const at::Tensor& crow,
+                                const at::Tensor& col, at::IntArrayRef kernel_size, at::IntArrayRef stride,
+                                at::IntArrayRef padding, at::IntArrayRef dilation) {
+  const char* op = kOpDw;
+  check_float4d(op, "input", input);
+  check_float4d(op, "grad_output", grad_output);
+  TORCH_CHECK_VALUE(grad_output.scalar_type() == input.scalar_type(), op, ": grad_output dtype ",
+                    grad_output.scalar_type(), " does not match input dtype ", input.scalar_type());
+  const Geometry g = check_geometry(op, kernel_size, stride, padding, dilation);
+  const int64_t n = input.size(0), c_in = input.size(1), h = input.size(2), w = input.size(3);
+  check_filters(op, crow, col, nullptr, input, c_in, g);
+  const std::pair<int64_t, int64_t> out_hw = check_output_size(op, h, w, g);
+  const int64_t ho = out_hw.first, wo = out_hw.second;
+  check_grad_output(op, grad_output, n, crow.numel() - 1, ho, wo);
+  at::Tensor dvalues = at::zeros({col.numel()}, input.options());
+  AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "granet_sparse_conv2d_dw_cpu", [&] {
+    backward_impl<scalar_t>(op, grad_output, &input, crow, col, nullptr, n, c_in, h, w, g, nullptr, &dvalues);
+  });
+  return dvalues;
+}
+
+std::tuple<at::Tensor, at::Tensor> sparse_conv2d_backward_cpu(const at::Tensor& grad_output, const at::Tensor& input,
+                                                              const at::Tensor& crow, const at::Tensor& col,
+                                                              const at::Tensor& values, at::IntArrayRef kernel_size,
+                                                              at::IntArrayRef stride, at::IntArrayRef padding,
+                                                              at::IntArrayRef dilation) {
+  const char* op = kOpBackward;
+  check_float4d(op, "input", input);
+  check_float4d(op, "grad_output", grad_output);
+  TORCH_CHECK_VALUE(grad_output.scalar_type() == input.scalar_type(), op, ": grad_output dtype ",
+                    grad_output.scalar_type(), " does not match input dtype ", input.scalar_type());
+  const Geometry g = check_geometry(op, kernel_size, stride, padding, dilation);
+  const int64_t n = input.size(0), c_in = input.size(1), h = input.size(2), w = input.size(3);
+  check_filters(op, crow, col, &values, input, c_in, g);
+  const std::pair<int64_t, int64_t> out_hw = check_output_size(op, h, w, g);
+  const int64_t ho = out_hw.first, wo = out_hw.second;
+  check_grad_output(op, grad_output, n, crow.numel() - 1, ho, wo);
+  at::Tensor dx = empty_output({n, c_in, h, w}, input.options());
+  at::Tensor dvalues = at::zeros({col.numel()}, input.options());
+  AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "granet_sparse_conv2d_backward_cpu", [&] {
+    backward_impl<scalar_t>(op, grad_output, &input, crow, col, &values, n, c_in, h, w, g, &dx, &dvalues);
+  });
+  return {dx, dvalues};
+}
+
+}  // namespace granet

@@ -51,6 +51,11 @@ std::tuple<at::Tensor, at::Tensor> sparse_conv2d_backward_cpu(const at::Tensor& 
                                                               at::IntArrayRef stride, at::IntArrayRef padding,
                                                               at::IntArrayRef dilation);
 
+// True when weight is zero wherever mask is False (same-layout CPU tensors; else false).
+bool masked_positions_are_zero_cpu(const at::Tensor& weight, const at::Tensor& mask);
+// grad[~mask] = 0, in place.
+void zero_masked_cpu(at::Tensor& grad, const at::Tensor& mask);
+
 #ifdef GRANET_WITH_CUDA
 // --- CUDA (csrc/cuda) ---
 at::Tensor csr_spmm_cuda(const at::Tensor& crow, const at::Tensor& col, const at::Tensor& values, const at::Tensor& x);

@@ -50,6 +50,8 @@ TORCH_LIBRARY(granet, m) {
         "Tensor values, int[2] kernel_size, int[2] stride, int[2] padding, int[2] dilation) -> (Tensor, Tensor)");
 
   // Native kernels behind the public ops (same schemas, one per kernel family).
+  m.def("_native_masked_positions_are_zero(Tensor weight, Tensor mask) -> bool");
+  m.def("_native_zero_masked_(Tensor(a!) grad, Tensor mask) -> ()");
   m.def("_native_csr_spmm(Tensor crow_indices, Tensor col_indices, Tensor values, Tensor x) -> Tensor");
   m.def("_native_csr_spmm_t(Tensor ccol_indices, Tensor row_indices, Tensor perm, Tensor values, Tensor dy) -> Tensor");
   m.def("_native_csr_sddmm(Tensor crow_indices, Tensor col_indices, Tensor dy, Tensor x) -> Tensor");
@@ -69,6 +71,8 @@ TORCH_LIBRARY(granet, m) {
 }
 
 TORCH_LIBRARY_IMPL(granet, CPU, m) {
+  m.impl("_native_masked_positions_are_zero", &granet::masked_positions_are_zero_cpu);
+  m.impl("_native_zero_masked_", &granet::zero_masked_cpu);
   m.impl("_native_csr_spmm", &granet::csr_spmm_cpu);
   m.impl("_native_csr_spmm_t", &granet::csr_spmm_t_cpu);
   m.impl("_native_csr_sddmm", &granet::csr_sddmm_cpu);

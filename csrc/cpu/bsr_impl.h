@@ -16,8 +16,9 @@
 // batch. When bs is a multiple of the vector width, x is packed block-column-major [K/bs][N][bs]
 // and each thread copies the dy slice [N][bs] of its block row into a local buffer (contiguous
 // slices: no 4 KiB-aliased row-major strides), and the kernel vectorizes over the block's
-// columns, the batch chunked to stay in L1. Otherwise (small or odd blocks) it vectorizes over the
-// batch lanes of the panels and reduces horizontally at the end.
+// columns, the batch chunked to stay in L1. Otherwise (small or odd blocks) dy and x are
+// transposed (batch-contiguous rows) and every output is a dot product vectorized over the batch,
+// 2 x 4 outputs at a time, reduced horizontally at the end.
 //
 // Threads own disjoint output tiles / blocks: no atomics, no shared writes.
 
@@ -371,43 +372,70 @@ void bsr_sddmm_blockcols(const int32_t* crow, const int32_t* col, const T* dy, c
   }
 }
 
-// dW for any bs, vectorized over the batch lanes of the panels: dyp [P][m][BT], xp [P][k][BT].
-template <typename T, int BT>
-void bsr_sddmm_panels(const int32_t* crow, const int32_t* col, const T* dyp, const T* xp, T* out, int64_t n,
-                      int64_t rows, int64_t k, int64_t bs) {
+// src [n][k] (row-major, contiguous) -> dst [k][np] = src^T, zero-filled for n <= i < np.
+template <typename T>
+void bsr_transpose_pad(const T* src, T* dst, int64_t n, int64_t k, int64_t np) {
+  constexpr int L = Simd<T>::lanes;
+  constexpr int64_t JB = 64;  // columns of src per task
+  const int64_t n_full = n / L * L;
+#pragma omp parallel for schedule(static)
+  for (int64_t j0 = 0; j0 < k; j0 += JB) {
+    const int64_t j1 = min_i64(j0 + JB, k);
+    int64_t j = j0;
+    for (; j + L <= j1; j += L)
+      for (int64_t i = 0; i < n_full; i += L) bsr_transpose_tile<T>(src + i * k + j, k, dst + j * np + i, np);
+    for (int64_t jj = j0; jj < j1; ++jj) {
+      T* d = dst + jj * np;
+      const int64_t i0 = jj < j ? n_full : 0;
+      for (int64_t i = i0; i < n; ++i) d[i] = src[i * k + jj];
+      for (int64_t i = n; i < np; ++i) d[i] = T(0);
+    }
+  }
+}
+
+// dW tile for any bs: out[r][c] = <dyt[r], xt[c]> for RR rows and CC columns of one block,
+// dot products of length np (a multiple of the vector width) over the transposed operands.
+template <typename T, int RR, int CC>
+inline void bsr_sddmm_dot_tile(const T* dyt, const T* xt, int64_t np, T* out, int64_t ld_out) {
   using S = Simd<T>;
   using vec = typename S::vec;
-  constexpr int NV = BT / S::lanes;
-  const int64_t n_panels = (n + BT - 1) / BT;
-  const int64_t m = rows * bs, bs2 = bs * bs;
+  constexpr int L = S::lanes;
+  vec acc[RR][4];
+  for (int u = 0; u < RR; ++u)
+    for (int c = 0; c < 4; ++c) acc[u][c] = vec{};
+  for (int64_t t = 0; t < np; t += L) {
+    vec d[RR], xv[CC];
+    for (int u = 0; u < RR; ++u) d[u] = S::load(dyt + u * np + t);
+    for (int c = 0; c < CC; ++c) xv[c] = S::load(xt + c * np + t);
+    for (int u = 0; u < RR; ++u)
+      for (int c = 0; c < CC; ++c) acc[u][c] += d[u] * xv[c];
+  }
+  for (int u = 0; u < RR; ++u) {
+    T sums[4];
+    hsum4<T>(acc[u][0], acc[u][1], acc[u][2], acc[u][3], sums);
+    for (int c = 0; c < CC; ++c) out[u * ld_out + c] = sums[c];
+  }
+}
+
+// dW for any bs, over the transposed operands dyt [m][np], xt [k][np] (np = n rounded up to the
+// vector width, zero-padded): every output is a contiguous dot product over the batch.
+template <typename T>
+void bsr_sddmm_dots(const int32_t* crow, const int32_t* col, const T* dyt, const T* xt, T* out, int64_t np,
+                    int64_t rows, int64_t bs) {
+  const int64_t bs2 = bs * bs;
 #pragma omp parallel for schedule(dynamic, 1)
   for (int64_t i = 0; i < rows; ++i) {
     for (int32_t q = crow[i]; q < crow[i + 1]; ++q) {
-      const int64_t cb = col[q];
+      const T* xb = xt + static_cast<int64_t>(col[q]) * bs * np;
       T* o = out + static_cast<int64_t>(q) * bs2;
-      for (int64_t r = 0; r < bs; ++r) {
-        int64_t c = 0;
-        for (; c + 3 < bs; c += 4) {
-          vec acc[4];
-          for (int u = 0; u < 4; ++u) acc[u] = vec{};
-          for (int64_t p = 0; p < n_panels; ++p) {
-            const T* d = dyp + p * m * BT + (i * bs + r) * BT;
-            const T* xr = xp + p * k * BT + (cb * bs + c) * BT;
-            for (int v = 0; v < NV; ++v) {
-              const vec dv = S::load(d + v * S::lanes);
-              for (int u = 0; u < 4; ++u) acc[u] += dv * S::load(xr + u * BT + v * S::lanes);
-            }
-          }
-          hsum4<T>(acc[0], acc[1], acc[2], acc[3], o + r * bs + c);
-        }
-        for (; c < bs; ++c) {
-          vec acc = vec{};
-          for (int64_t p = 0; p < n_panels; ++p) {
-            const T* d = dyp + p * m * BT + (i * bs + r) * BT;
-            const T* xr = xp + p * k * BT + (cb * bs + c) * BT;
-            for (int v = 0; v < NV; ++v) acc += S::load(d + v * S::lanes) * S::load(xr + v * S::lanes);
-          }
-          o[r * bs + c] = S::hsum(acc);
+      for (int64_t r0 = 0; r0 < bs; r0 += 2) {
+        const T* db = dyt + (i * bs + r0) * np;
+        for (int64_t c0 = 0; c0 < bs; c0 += 4) {
+          bsr_with_rows<2>(min_i64(2, bs - r0), [&]<int RR>() {
+            bsr_with_rows<4>(min_i64(4, bs - c0), [&]<int CC>() {
+              bsr_sddmm_dot_tile<T, RR, CC>(db, xb + c0 * np, np, o + r0 * bs + c0, bs);
+            });
+          });
         }
       }
     }
@@ -442,15 +470,15 @@ inline void bsr_spmm_t(const int32_t* ccol, const int32_t* row, const int32_t* p
 template <typename T>
 inline void bsr_sddmm(const int32_t* crow, const int32_t* col, const T* dy, const T* x, T* out, T* dy_ws, T* x_ws,
                       int64_t n, int64_t rows, int64_t k, int64_t bs) {
-  constexpr int BT = ::granet::cpu::kPanelBytes / sizeof(T);
   const int64_t m = rows * bs;
   if (bs % Simd<T>::lanes == 0) {
     bsr_pack_block_cols<T>(x, x_ws, n, k, bs);
     bsr_sddmm_blockcols<T>(crow, col, dy, x_ws, out, n, rows, bs);
   } else {
-    bsr_pack_panels<T, BT>(dy, dy_ws, n, m);
-    bsr_pack_panels<T, BT>(x, x_ws, n, k);
-    bsr_sddmm_panels<T, BT>(crow, col, dy_ws, x_ws, out, n, rows, k, bs);
+    const int64_t np = (n + Simd<T>::lanes - 1) / Simd<T>::lanes * Simd<T>::lanes;  // <= panel rows
+    bsr_transpose_pad<T>(dy, dy_ws, n, m, np);
+    bsr_transpose_pad<T>(x, x_ws, n, k, np);
+    bsr_sddmm_dots<T>(crow, col, dy_ws, x_ws, out, np, rows, bs);
   }
 }
 

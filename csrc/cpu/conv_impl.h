@@ -288,11 +288,7 @@ __attribute__((always_inline)) inline void conv_tile(const T* __restrict src, co
       opaque_ptr(xr);
       vec w = vec{};
       if constexpr (ACC) w = bcast<T>(*vp++);
-      // Independent partial dot products keep the FMA chains short.
-      constexpr int ND = 2;
-      vec dot[ND];
-#pragma GCC unroll 16
-      for (int k = 0; k < ND; ++k) dot[k] = vec{};
+      vec dot0 = vec{}, dot1 = vec{};  // two chains: shorter FMA latency
 #pragma GCC unroll 16
       for (int j = 0; j < W; ++j) {
         vec d = S::load(p + j * L);
@@ -300,11 +296,10 @@ __attribute__((always_inline)) inline void conv_tile(const T* __restrict src, co
           opaque_vec(d);
           acc[0][j] += w * d;
         }
-        dot[j % ND] += S::load(xr + j * L) * d;
+        if (j & 1) dot1 += S::load(xr + j * L) * d;
+        else dot0 += S::load(xr + j * L) * d;
       }
-      if constexpr (ND == 4) return (dot[0] + dot[1]) + (dot[2] + dot[3]);
-      else if constexpr (ND == 3) return (dot[0] + dot[1]) + dot[2];
-      else return dot[0] + dot[1];
+      return dot0 + dot1;
     };
     T* dp = dw;
     for (; oe - op >= L; dp += L) {

@@ -27,7 +27,8 @@ struct Simd {
     return v;
   }
   static inline void store(T* p, vec v) { __builtin_memcpy(p, &v, sizeof(vec)); }
-  static inline vec splat(T s) { return vec{} + s; }
+  // s - 0 folds to one broadcast (0 + s would not: -0 + 0 is +0).
+  static inline vec splat(T s) { return s - vec{}; }
   static inline T hsum(vec v) {
     T s = T(0);
     for (int l = 0; l < lanes; ++l) s += v[l];

@@ -27,7 +27,26 @@ def _check(x, weight, mask, bias=None):
     C.same_device(OP, [("x", x), ("weight", weight), ("mask", mask), ("bias", bias)])
 
 
+def _masked_positions_are_zero(weight, mask) -> bool:
+    # Remembered per (weight, mask) state: the backward's transposed call reuses the forward's check.
+    key = (weight.data_ptr(), weight._version, mask.data_ptr(), mask._version, weight.shape, weight.stride())
+    base = weight if weight.is_contiguous() else weight.t()
+    cached = getattr(base, "_granet_masked_zero", None)
+    if cached is not None and cached[0] == (key[0], key[1], key[2], key[3]):
+        return cached[1]
+    result = bool(torch.ops.granet._native_masked_positions_are_zero(weight, mask))
+    try:
+        base._granet_masked_zero = ((key[0], key[1], key[2], key[3]), result)
+    except (AttributeError, RuntimeError):
+        pass
+    return result
+
+
 def _cpu(x, weight, mask, bias=None):
+    # The masked layout keeps its weight zero outside the mask; then this is one dense GEMM with
+    # no masked copy of the weight. The check reads the weight once and allocates nothing.
+    if _masked_positions_are_zero(weight, mask):
+        return torch.nn.functional.linear(x, weight, bias)
     return torch.nn.functional.linear(x, torch.where(mask, weight, 0), bias)
 
 
@@ -58,7 +77,13 @@ def _backward(saved, grad, needs):
     x, weight, mask, bias = saved
     # dx = dy @ (w * m) is itself a masked matmul, over the transposed weight and mask.
     grad_x = torch.ops.granet.masked_matmul(grad, weight.t(), mask.t(), None)
-    grad_weight = (grad.t() @ x) * mask
+    grad_weight = None
+    if needs[1]:
+        grad_weight = grad.t() @ x
+        if grad_weight.device.type == "cpu":
+            torch.ops.granet._native_zero_masked_(grad_weight, mask)
+        else:
+            grad_weight = grad_weight * mask
     grad_bias = grad.sum(0) if bias is not None else None
     return grad_x, grad_weight, None, grad_bias
 

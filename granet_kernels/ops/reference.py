@@ -66,8 +66,8 @@ def bsr_spmm_t(ccol, row, perm, values, dy):
 def bsr_sddmm(crow, col, dy, x, blocksize):
     n = dy.shape[0]
     rows = csr_rows(crow, col.numel())
-    dy_blocks = dy.reshape(n, -1, blocksize)[:, rows]  # [N, nnzb, bs]
-    x_blocks = x.reshape(n, -1, blocksize)[:, col.long()]
+    dy_blocks = dy.reshape(n, dy.shape[1] // blocksize, blocksize)[:, rows]  # [N, nnzb, bs]
+    x_blocks = x.reshape(n, x.shape[1] // blocksize, blocksize)[:, col.long()]
     return torch.einsum("npi,npj->pij", dy_blocks, x_blocks)
 
 

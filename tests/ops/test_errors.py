@@ -413,9 +413,28 @@ def test_native_csr_spmm_checks(mutate, exc, pattern):
 
 # Every native kernel op takes the schema of the public op it backs: bad indices reach its own
 # checks (called directly, bypassing the Python checks) and come back as exceptions.
+# Native kernels behind public ops (the masked-layout helpers have their own test below).
 NATIVE_OPS = sorted(
-    name.split("::", 1)[1] for name in torch._C._dispatch_get_all_op_names() if name.startswith("granet::_native_")
+    name.split("::", 1)[1] for name in torch._C._dispatch_get_all_op_names()
+    if name.startswith("granet::_native_") and name[len("granet::_native_"):] in OPS
 )
+
+
+def test_native_masked_helpers_reject_bad_input():
+    w = torch.randn(4, 5)
+    with pytest.raises(ValueError, match="mask"):
+        torch.ops.granet._native_masked_positions_are_zero(w, torch.ones(4, 5))
+    with pytest.raises(ValueError, match="mask"):
+        torch.ops.granet._native_masked_positions_are_zero(w, torch.ones(5, 4, dtype=torch.bool))
+    with pytest.raises(ValueError, match="mask"):
+        torch.ops.granet._native_zero_masked_(w, torch.ones(3, 5, dtype=torch.bool))
+    mask = torch.rand(4, 5) < 0.5
+    assert not torch.ops.granet._native_masked_positions_are_zero(w, mask) or bool((w[~mask] == 0).all())
+    g = torch.randn(4, 5)
+    torch.ops.granet._native_zero_masked_(g, mask)
+    assert bool((g[~mask] == 0).all())
+    assert torch.ops.granet._native_masked_positions_are_zero(g, mask)
+    assert torch.ops.granet._native_masked_positions_are_zero(g.t(), mask.t())
 
 
 def _native_cases():

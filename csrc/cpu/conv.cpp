@@ -208,30 +208,33 @@ int64_t padded_channel_stride(int64_t plane_px, int64_t fp_px, int64_t pixel_byt
   return plane_px + pad;
 }
 
-// The entries of one pass, grouped by (channel block, destination channel) and sorted by offset.
+// The entries of one pass, grouped by (channel block, destination channel), in CSR order inside a
+// group.
 template <typename T>
 struct Entries {
   std::vector<int32_t> seg, offs;
   std::vector<T> vals;
-  std::vector<int64_t> nz;  // CSR position of each entry
+  std::vector<int32_t> nz;  // CSR position of each entry
   int64_t n_cb = 1, n_dst = 0;
 };
 
-// Nonzeros of one pass before grouping: key = channel block * n_dst + destination channel.
+// Nonzeros of one pass before grouping: key = channel block * n_dst + destination channel. All three
+// fit int32: offsets are checked against the 32-bit limit, nonzeros are counted by int32 indices.
 struct RawEntries {
-  std::vector<int64_t> key, off, nz;
+  std::vector<int32_t> key, off, nz;
   void reserve(int64_t n) {
     key.reserve(n);
     off.reserve(n);
     nz.reserve(n);
   }
   void add(int64_t k, int64_t o, int64_t q) {
-    key.push_back(k);
-    off.push_back(o);
-    nz.push_back(q);
+    key.push_back(static_cast<int32_t>(k));
+    off.push_back(static_cast<int32_t>(o));
+    nz.push_back(static_cast<int32_t>(q));
   }
 };
 
+// Counting sort of the raw entries by key (stable: CSR order inside a group).
 template <typename T>
 Entries<T> make_entries(const RawEntries& raw, int64_t n_cb, int64_t n_dst, const T* values) {
   Entries<T> e;
@@ -239,33 +242,17 @@ Entries<T> make_entries(const RawEntries& raw, int64_t n_cb, int64_t n_dst, cons
   e.n_dst = n_dst;
   const int64_t n_keys = n_cb * n_dst, count = static_cast<int64_t>(raw.key.size());
   e.seg.assign(n_keys + 1, 0);
-  for (int64_t k : raw.key) e.seg[k + 1] += 1;
+  for (int32_t k : raw.key) e.seg[k + 1] += 1;
   for (int64_t k = 0; k < n_keys; ++k) e.seg[k + 1] += e.seg[k];
   std::vector<int32_t> fill(e.seg.begin(), e.seg.end() - 1);
   e.offs.resize(count);
   e.nz.resize(count);
+  if (values != nullptr) e.vals.resize(count);
   for (int64_t i = 0; i < count; ++i) {
     const int32_t slot = fill[raw.key[i]]++;
-    e.offs[slot] = static_cast<int32_t>(raw.off[i]);
+    e.offs[slot] = raw.off[i];
     e.nz[slot] = raw.nz[i];
-  }
-  // Ascending offsets inside a segment (short: insertion sort): neighbouring entries share lines.
-  for (int64_t k = 0; k < n_keys; ++k) {
-    for (int32_t i = e.seg[k] + 1; i < e.seg[k + 1]; ++i) {
-      const int32_t o = e.offs[i];
-      const int64_t q = e.nz[i];
-      int32_t j = i - 1;
-      for (; j >= e.seg[k] && e.offs[j] > o; --j) {
-        e.offs[j + 1] = e.offs[j];
-        e.nz[j + 1] = e.nz[j];
-      }
-      e.offs[j + 1] = o;
-      e.nz[j + 1] = q;
-    }
-  }
-  if (values != nullptr) {
-    e.vals.resize(count);
-    for (int64_t i = 0; i < count; ++i) e.vals[i] = values[e.nz[i]];
+    if (values != nullptr) e.vals[slot] = values[raw.nz[i]];
   }
   return e;
 }

@@ -9,15 +9,21 @@ import torch
 from granet_kernels.ops._registry import OpDef
 
 
+BACKWARD_HINT = "_granet_backward_hint"
+
+
 def register_linear_autograd(opdef: OpDef, backward: Callable):
-    """Register `backward(saved_inputs, grad, needs_input_grad) -> grads` for an op; all inputs
-    are saved (the products need them); grads not needed may be None."""
+    """Register `backward(saved_inputs, grad, needs_input_grad, hint) -> grads` for an op; all
+    inputs are saved (the products need them); grads not needed may be None. `hint` is what the
+    forward kernel left on its output under BACKWARD_HINT (None if nothing), e.g. a fact it
+    checked that the backward can then rely on without checking again."""
 
     def setup_context(ctx, inputs, output):
         ctx.inputs = inputs
+        ctx.hint = getattr(output, BACKWARD_HINT, None)
 
     def bwd(ctx, grad):
-        grads = backward(ctx.inputs, grad, ctx.needs_input_grad)
+        grads = backward(ctx.inputs, grad, ctx.needs_input_grad, ctx.hint)
         return tuple(g if needed else None for g, needed in zip(grads, ctx.needs_input_grad))
 
     torch.library.register_autograd(opdef.qualname, bwd, setup_context=setup_context)

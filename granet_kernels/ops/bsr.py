@@ -112,7 +112,7 @@ bsr_sddmm_def = register_op(
 )
 
 
-def _spmm_backward(saved, grad, needs):
+def _spmm_backward(saved, grad, needs, hint=None):
     crow, col, values, x = saved
     bs = values.shape[1]
     grad_values = torch.ops.granet.bsr_sddmm(crow, col, grad, x, bs)

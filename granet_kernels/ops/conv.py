@@ -184,7 +184,7 @@ sparse_conv2d_backward_def = register_op(
 )
 
 
-def _forward_backward(saved, grad, needs):
+def _forward_backward(saved, grad, needs, hint=None):
     input, crow, col, values, kernel_size, stride, padding, dilation, bias = saved
     need_input, need_values = needs[0], needs[3]
     grad_input = grad_values = None

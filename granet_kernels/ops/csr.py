@@ -173,7 +173,7 @@ csr_linear_def = register_op(
 
 # --- autograd -------------------------------------------------------------------------------------
 
-def _spmm_backward(saved, grad, needs):
+def _spmm_backward(saved, grad, needs, hint=None):
     crow, col, values, x = saved
     need_values, need_x = needs[2], needs[3]
     if need_values and not need_x:
@@ -188,7 +188,7 @@ def _spmm_backward(saved, grad, needs):
 register_linear_autograd(csr_spmm_def, _spmm_backward)
 
 
-def _linear_backward(saved, grad, needs):
+def _linear_backward(saved, grad, needs, hint=None):
     x, crow, col, ccol, row, perm, values, bias = saved
     need_x, need_values = needs[0], needs[6]
     grad_x = grad_values = None

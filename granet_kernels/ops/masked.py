@@ -6,7 +6,7 @@ import torch
 
 from granet_kernels.ops import _checks as C
 from granet_kernels.ops import reference
-from granet_kernels.ops._autograd import register_linear_autograd
+from granet_kernels.ops._autograd import BACKWARD_HINT, register_linear_autograd
 from granet_kernels.ops._registry import Kernel, nnz_of_mask, register_op
 
 OP = "granet::masked_matmul"
@@ -27,26 +27,14 @@ def _check(x, weight, mask, bias=None):
     C.same_device(OP, [("x", x), ("weight", weight), ("mask", mask), ("bias", bias)])
 
 
-def _masked_positions_are_zero(weight, mask) -> bool:
-    # Remembered per (weight, mask) state: the backward's transposed call reuses the forward's check.
-    key = (weight.data_ptr(), weight._version, mask.data_ptr(), mask._version, weight.shape, weight.stride())
-    base = weight if weight.is_contiguous() else weight.t()
-    cached = getattr(base, "_granet_masked_zero", None)
-    if cached is not None and cached[0] == (key[0], key[1], key[2], key[3]):
-        return cached[1]
-    result = bool(torch.ops.granet._native_masked_positions_are_zero(weight, mask))
-    try:
-        base._granet_masked_zero = ((key[0], key[1], key[2], key[3]), result)
-    except (AttributeError, RuntimeError):
-        pass
-    return result
-
-
 def _cpu(x, weight, mask, bias=None):
     # The masked layout keeps its weight zero outside the mask; then this is one dense GEMM with
-    # no masked copy of the weight. The check reads the weight once and allocates nothing.
-    if _masked_positions_are_zero(weight, mask):
-        return torch.nn.functional.linear(x, weight, bias)
+    # no masked copy of the weight. The check reads the weight once and allocates nothing; its
+    # result rides on the output to the backward (the saved weight cannot change in between).
+    if torch.ops.granet._native_masked_positions_are_zero(weight, mask):
+        y = torch.nn.functional.linear(x, weight, bias)
+        setattr(y, BACKWARD_HINT, "weight_is_masked")
+        return y
     return torch.nn.functional.linear(x, torch.where(mask, weight, 0), bias)
 
 
@@ -73,10 +61,15 @@ masked_matmul_def = register_op(
 )
 
 
-def _backward(saved, grad, needs):
+def _backward(saved, grad, needs, hint=None):
     x, weight, mask, bias = saved
-    # dx = dy @ (w * m) is itself a masked matmul, over the transposed weight and mask.
-    grad_x = torch.ops.granet.masked_matmul(grad, weight.t(), mask.t(), None)
+    grad_x = None
+    if needs[0]:
+        if hint == "weight_is_masked":
+            grad_x = grad @ weight
+        else:
+            # dx = dy @ (w * m) is itself a masked matmul, over the transposed weight and mask.
+            grad_x = torch.ops.granet.masked_matmul(grad, weight.t(), mask.t(), None)
     grad_weight = None
     if needs[1]:
         grad_weight = grad.t() @ x

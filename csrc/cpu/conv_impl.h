@@ -3,7 +3,9 @@
 //
 // Direct convolution on batch-blocked planes: the source operand is packed as
 //     [N/L][channels][plane pixels][L]     (L = one SIMD vector of batch lanes)
-// so one pixel of L images is one vector, and a run of pixels is a run of contiguous vectors.
+// so one pixel of L images is one vector, and a run of pixels is a run of contiguous vectors (for
+// 1x1 / stride 1 / unpadded convolutions the NCHW tensors are used as they are, a vector being L
+// consecutive pixels: "pixel lanes").
 // The host (conv.cpp) turns every conv pass (forward; input gradient, phase by phase for stride > 1)
 // into the same problem: destination pixels ("tile space") cut into tiles of at most 14 pixels,
 // and per destination channel a list of entries (pre-scaled source offset, weight value). A tile
@@ -11,13 +13,18 @@
 // source vectors at its offset): one broadcast, then contiguous loads + FMAs, no stores.
 // Source channels are blocked (channel block cb) so that a tile's source footprint over one block
 // stays in L1; between blocks the tile's partial sums wait in a small per-thread buffer, and after
-// the last block they go straight to the NCHW output (through the tile space -> output map).
+// the last block they go straight to the NCHW output (through the tile space -> output map, with
+// in-register L x L transposes).
 // The fused backward also takes dW from the same loads: for every entry the dot product of x at the
 // tile's pixels with the loaded dY run; the dot vectors of L consecutive entries are reduced together
 // by a transposing tree into one vector of L sums, added to the entries' dW accumulators at once.
 
 #ifndef GRANET_CONV_TASK_DEFINED
 #define GRANET_CONV_TASK_DEFINED
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
 namespace granet {
 namespace cpu {
 
@@ -30,7 +37,12 @@ constexpr int kConvMaxFusedTile = 7;
 // One pass of the engine. Pixel counts are in pixels (vectors); offsets in elements.
 template <typename T>
 struct ConvTask {
-  const T* src;          // [nb][src_bb elements]: packed source planes
+  // Lanes: batch lanes (the default: operands packed as [N/L][C][pixels][L]) or, for 1x1 convolutions
+  // with stride 1 and no padding, pixel lanes: the NCHW tensors themselves, one vector = L consecutive
+  // pixels of one image and channel ("batch block" = image; a plane whose size is not a multiple of L
+  // ends in a tail tile that overlaps the previous vector).
+  bool pixel_lanes;
+  const T* src;          // [nb][src_bb elements]: packed source planes (pixel lanes: [N][C][HW])
   int64_t src_bb;        // elements per batch block of src
   // Accumulation (forward output / dX), when acc: out[img][c][map[pixel]] (+ bias[c]).
   T* out;
@@ -38,21 +50,26 @@ struct ConvTask {
   const int32_t* map;       // tile-space pixel -> index in an output plane, or -1 (dropped)
   const T* bias;            // [n_dst] or null
   int64_t n_img;            // images (lanes past it are not written)
-  T* partial;               // per part: [n_dst][max_w][L] partial sums between channel blocks
-  int64_t partial_part;     // elements per part
-  // dW, when dw: x at the tile-space pixels, [nb][n_dst][xt_ch]
+  T* partial;               // per thread: [n_dst][max_w][L] partial sums between channel blocks
+  int64_t partial_thread;   // elements per thread
+  // dW, when dw: x at the tile-space pixels, [nb][n_dst][xt_ch] (pixel lanes: x itself, and for the
+  // tail tile xtail [N][n_dst][L], x's last L pixels with the lanes of the previous vector zeroed)
   const T* xt;
   int64_t xt_bb, xt_ch;
+  const T* xtail;
   int64_t n_dst;          // destination channels
-  const int32_t* tiles;   // n_tiles x 3: source pixel, tile-space pixel, width
+  const int32_t* tiles;   // n_tiles x 4: source element offset, tile-space pixel (pixel lanes: element
+                          // offset), width, tail (pixel lanes: the overlapping last vector of a plane)
   int64_t n_tiles, max_w;
   const int32_t* seg;     // entries of (channel block cb, destination channel c): [seg[cb*n_dst+c], seg[..+1])
   int64_t n_cb;
   const int32_t* offs;    // per entry: element offset of its source run (source channel + shift)
   const T* vals;          // per entry: weight (null for dW only)
-  T* dw;                  // per entry: dW accumulator (null without dW)
-  const int64_t* parts;   // n_parts x 4: [bb0, bb1, c0, c1) work items of the threads (no shared writes)
+  T* dw;                  // per thread and entry: dW accumulators (null without dW), summed by the host
+  int64_t dw_thread;      // entries per thread
+  const int64_t* parts;   // n_parts x 4: [bb0, bb1, c0, c1) work items, taken in turn by the threads
   int64_t n_parts;
+  int n_threads;          // threads of the pass (at most; partial and dw have room for each)
 };
 
 }  // namespace cpu
@@ -87,6 +104,15 @@ inline void opaque_vec(V& v) {
 template <typename P>
 inline void opaque_ptr(P& p) {
   asm("" : "+r"(p));
+}
+
+// The calling thread's number in the current OpenMP team (0 outside one or without OpenMP).
+inline int current_thread() {
+#ifdef _OPENMP
+  return omp_get_thread_num();
+#else
+  return 0;
+#endif
 }
 
 // Two-input lane shuffles of the transposes and reductions, as constant masks for L = 2, 4, 8, 16.
@@ -231,6 +257,7 @@ struct TileIo {
   int64_t lanes;      // images of the batch block
   T bias;
   bool contiguous;    // the tile's output pixels are one run (map[j] = map[0] + j)
+  bool pixel_lanes;   // out is the tile's first vector itself: plain stores
 };
 
 // One tile: W destination pixels of one destination channel, over the entries of one channel block.
@@ -326,6 +353,10 @@ __attribute__((always_inline)) inline void conv_tile(const T* __restrict src, co
     if (io.store) {
 #pragma GCC unroll 16
       for (int j = 0; j < W; ++j) S::store(io.store + j * L, acc[0][j]);
+    } else if (io.pixel_lanes) {
+      const vec bv = bcast<T>(io.bias);
+#pragma GCC unroll 16
+      for (int j = 0; j < W; ++j) S::store(io.out + j * L, acc[0][j] + bv);
     } else {
       write_out<T, W>(acc[0], io.out, io.img_stride, io.map, io.lanes, io.bias, io.contiguous);
     }
@@ -333,17 +364,24 @@ __attribute__((always_inline)) inline void conv_tile(const T* __restrict src, co
 }
 
 // One tile of one batch block over all channel blocks and the destination channels [c0, c1).
+// x: dW's x at the tile for channel 0, x_ch: between channels.
 template <typename T, int W, bool ACC, bool DW>
 void conv_tile_loop(const ::granet::cpu::ConvTask<T>& t, const T* s, int64_t bb, int64_t dp, const T* x,
-                    T* partial, int64_t c0, int64_t c1) {
+                    int64_t x_ch, T* partial, T* dw, int64_t c0, int64_t c1) {
   constexpr int64_t L = Simd<T>::lanes;
-  TileIo<T> io{nullptr, nullptr, nullptr, 0, nullptr, 0, T(0), false};
+  TileIo<T> io{nullptr, nullptr, nullptr, 0, nullptr, 0, T(0), false, t.pixel_lanes};
+  T* out_bb = nullptr;
   if constexpr (ACC) {
-    io.img_stride = t.out_img;
-    io.map = t.map + dp;
-    io.lanes = t.n_img - bb * L < L ? t.n_img - bb * L : L;
-    io.contiguous = io.map[0] >= 0 && io.map[W - 1] == io.map[0] + W - 1;
-    for (int j = 1; j < W - 1; ++j) io.contiguous = io.contiguous && io.map[j] == io.map[0] + j;
+    if (t.pixel_lanes) {
+      out_bb = t.out + bb * t.out_img + dp;
+    } else {
+      out_bb = t.out + bb * L * t.out_img;
+      io.img_stride = t.out_img;
+      io.map = t.map + dp;
+      io.lanes = t.n_img - bb * L < L ? t.n_img - bb * L : L;
+      io.contiguous = io.map[0] >= 0 && io.map[W - 1] == io.map[0] + W - 1;
+      for (int j = 1; j < W - 1; ++j) io.contiguous = io.contiguous && io.map[j] == io.map[0] + j;
+    }
   }
   const int64_t last = t.n_cb - 1;
   for (int64_t cb = 0; cb <= last; ++cb) {
@@ -357,24 +395,24 @@ void conv_tile_loop(const ::granet::cpu::ConvTask<T>& t, const T* s, int64_t bb,
         io.load = cb > 0 ? part : nullptr;
         io.store = cb < last ? part : nullptr;
         if (cb == last) {
-          io.out = t.out + bb * L * t.out_img + c * t.out_ch;
+          io.out = out_bb + c * t.out_ch;
           io.bias = t.bias ? t.bias[c] : T(0);
         }
       } else {
         if (e0 == e1) continue;
       }
-      conv_tile<T, W, ACC, DW>(s, io, DW ? x + c * t.xt_ch : nullptr, t.offs + e0, ACC ? t.vals + e0 : nullptr,
-                               DW ? t.dw + e0 : nullptr, e1 - e0);
+      conv_tile<T, W, ACC, DW>(s, io, DW ? x + c * x_ch : nullptr, t.offs + e0, ACC ? t.vals + e0 : nullptr,
+                               DW ? dw + e0 : nullptr, e1 - e0);
     }
   }
 }
 
 template <typename T, bool ACC, bool DW>
 void conv_tile_dispatch(int w, const ::granet::cpu::ConvTask<T>& t, const T* s, int64_t bb, int64_t dp, const T* x,
-                        T* partial, int64_t c0, int64_t c1) {
-#define GRANET_CONV_TILE_CASE(K)                                       \
-  case K:                                                              \
-    conv_tile_loop<T, K, ACC, DW>(t, s, bb, dp, x, partial, c0, c1); \
+                        int64_t x_ch, T* partial, T* dw, int64_t c0, int64_t c1) {
+#define GRANET_CONV_TILE_CASE(K)                                                 \
+  case K:                                                                        \
+    conv_tile_loop<T, K, ACC, DW>(t, s, bb, dp, x, x_ch, partial, dw, c0, c1); \
     break;
   switch (w) {
     GRANET_CONV_TILE_CASE(1)
@@ -397,22 +435,39 @@ void conv_tile_dispatch(int w, const ::granet::cpu::ConvTask<T>& t, const T* s, 
 #undef GRANET_CONV_TILE_CASE
 }
 
-// Loops of one pass: parts (threads) -> batch block -> tile -> channel block -> destination channel.
+// Loops of one pass: parts -> batch block -> tile -> channel block -> destination channel. The parts
+// (batch block x channel range) are taken dynamically by the threads, in batch-block order so that
+// concurrent parts share their source; each thread has its own partial sums and dW accumulators.
 template <typename T, bool ACC, bool DW>
 void conv_engine_impl(const ::granet::cpu::ConvTask<T>& t) {
   constexpr int64_t L = Simd<T>::lanes;
-#pragma omp parallel for schedule(dynamic, 1)
+#pragma omp parallel for schedule(dynamic, 1) num_threads(t.n_threads)
   for (int64_t part = 0; part < t.n_parts; ++part) {
     const int64_t bb0 = t.parts[4 * part], bb1 = t.parts[4 * part + 1];
     const int64_t c0 = t.parts[4 * part + 2], c1 = t.parts[4 * part + 3];
-    T* partial = ACC ? t.partial + part * t.partial_part : nullptr;
+    const int thread = current_thread();
+    T* partial = ACC ? t.partial + thread * t.partial_thread : nullptr;
+    T* dw = DW ? t.dw + thread * t.dw_thread : nullptr;
     for (int64_t bb = bb0; bb < bb1; ++bb) {
       const T* s = t.src + bb * t.src_bb;
       for (int64_t i = 0; i < t.n_tiles; ++i) {
-        const int64_t sp = static_cast<int64_t>(t.tiles[3 * i]) * L;
-        const int64_t dp = t.tiles[3 * i + 1];
-        const T* x = DW ? t.xt + bb * t.xt_bb + dp * L : nullptr;
-        conv_tile_dispatch<T, ACC, DW>(t.tiles[3 * i + 2], t, s + sp, bb, dp, x, partial, c0, c1);
+        const int32_t* tile = t.tiles + 4 * i;
+        const int64_t dp = tile[1];
+        const T* x = nullptr;
+        int64_t x_ch = 0;
+        if constexpr (DW) {
+          if (!t.pixel_lanes) {
+            x = t.xt + bb * t.xt_bb + dp * L;
+            x_ch = t.xt_ch;
+          } else if (!tile[3]) {
+            x = t.xt + bb * t.xt_bb + dp;
+            x_ch = t.xt_ch;
+          } else {
+            x = t.xtail + bb * t.n_dst * L;
+            x_ch = L;
+          }
+        }
+        conv_tile_dispatch<T, ACC, DW>(tile[2], t, s + tile[0], bb, dp, x, x_ch, partial, dw, c0, c1);
       }
     }
   }

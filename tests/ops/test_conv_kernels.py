@@ -33,6 +33,12 @@ SHAPES = [
     (2, 9, 11, 12, 7, (3, 3), (1, 1), (2, 2), (2, 2)),  # dilation 2
     (3, 33, 17, 5, 9, (5, 3), (1, 1), (2, 1), (1, 1)),
     (16, 40, 24, 14, 14, (3, 3), (1, 1), (1, 1), (1, 1)),  # many channel blocks
+    # 1x1, stride 1, no padding: pixel lanes on the NCHW tensors (planes with and without a tail vector)
+    (17, 9, 7, 14, 14, (1, 1), (1, 1), (0, 0), (1, 1)),
+    (3, 5, 6, 4, 8, (1, 1), (1, 1), (0, 0), (1, 1)),
+    (2, 70, 3, 7, 7, (1, 1), (1, 1), (0, 0), (2, 2)),
+    (4, 3, 5, 2, 2, (1, 1), (1, 1), (0, 0), (1, 1)),
+    (1, 2, 2, 1, 9, (1, 1), (1, 1), (0, 0), (1, 1)),
 ]
 DENSITIES = [0.0, 0.05, 0.3, 1.0]
 DTYPES = [torch.float64, torch.float32]
@@ -114,12 +120,14 @@ def test_unsorted_columns_and_noncontiguous_input():
     torch.testing.assert_close(dw, reference.sparse_conv2d_dw(g, x, crow, perm_col, *geo), rtol=1e-10, atol=1e-10)
 
 
-@pytest.mark.parametrize("threads", [1, 2])
-def test_threads_give_the_same_result(threads):
+@pytest.mark.parametrize("batch", [1, 33, 64])
+@pytest.mark.parametrize("threads", [1, 2, 3])
+def test_threads_give_the_same_result(threads, batch):
+    """Work split by batch block and (for small batches) by channel ranges; per-thread dW sums."""
     before = torch.get_num_threads()
     try:
         torch.set_num_threads(threads)
-        x, g, crow, col, values, bias, geo = _case((33, 16, 24, 10, 9, (3, 3), (1, 1), (1, 1), (1, 1)), 0.2, torch.float64, 3)
+        x, g, crow, col, values, bias, geo = _case((batch, 16, 24, 10, 9, (3, 3), (2, 1), (1, 1), (1, 1)), 0.2, torch.float64, 3)
         with granet_kernels.backend("cpu"):
             y = ops.sparse_conv2d(x, crow, col, values, *geo, bias=bias)
             dx, dw = ops.sparse_conv2d_backward(g, x, crow, col, values, *geo)
@@ -323,10 +331,11 @@ def test_generic_isa_matches(tmp_path):
         "from granet_kernels.ops.samples import random_csr\n"
         "gen = torch.Generator().manual_seed(0)\n"
         "for dt in (torch.float32, torch.float64):\n"
-        "  for (n, ci, co, h, w, st) in ((5, 6, 7, 9, 8, 1), (3, 4, 5, 7, 7, 2), (9, 5, 3, 3, 3, 1)):\n"
-        "    crow, col, v = random_csr(co, ci * 9, 0.3, gen=gen, dtype=dt)\n"
+        "  for (n, ci, co, h, w, st, k) in ((5, 6, 7, 9, 8, 1, 3), (3, 4, 5, 7, 7, 2, 3), (9, 5, 3, 3, 3, 1, 3),\n"
+        "                                  (5, 6, 7, 7, 7, 1, 1), (3, 4, 5, 2, 4, 1, 1)):\n"
+        "    crow, col, v = random_csr(co, ci * k * k, 0.3, gen=gen, dtype=dt)\n"
         "    x = torch.randn(n, ci, h, w, dtype=dt)\n"
-        "    geo = ([3, 3], [st, st], [1, 1], [1, 1])\n"
+        "    geo = ([k, k], [st, st], [k // 2, k // 2], [1, 1])\n"
         "    y = ops.sparse_conv2d(x, crow, col, v, *geo)\n"
         "    g = torch.randn(y.shape, dtype=dt)\n"
         "    dx, dw = ops.sparse_conv2d_backward(g, x, crow, col, v, *geo)\n"

@@ -15,12 +15,14 @@ from granet_kernels.backends import (
 from granet_kernels import ops
 from granet_kernels.ops import topk_threshold
 from granet_kernels.nn import SparseConv2d, SparseLinear, densify_, sparsify_
+from granet_kernels.pruning import GraNet, GraNetConfig
 
 __version__ = "0.1.0"
 
 __all__ = [
     "BACKENDS", "BackendUnavailableError", "available_backends", "backend", "current_backend",
     "ops", "topk_threshold", "build_info", "SparseLinear", "SparseConv2d", "sparsify_", "densify_",
+    "GraNet", "GraNetConfig",
 ]
 
 

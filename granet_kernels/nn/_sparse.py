@@ -114,6 +114,35 @@ class SparseWeightMixin:
             return torch.where(self.weight_mask, self.weight, torch.zeros((), dtype=self.weight.dtype, device=self.weight.device))
         return self._index().scatter(self.weight, self.matrix_shape).reshape(self.weight_shape)
 
+    # --- tensors shaped like the stored weight (gradients, optimizer state) --------------------------
+
+    def to_layout(self, dense: torch.Tensor) -> torch.Tensor:
+        """A dense-shaped tensor (weight, gradient, optimizer state) in the stored weight's layout and
+        shape, zero outside the mask."""
+        if tuple(dense.shape) != tuple(self.weight_shape):
+            raise ValueError(f"dense must have the weight's shape {tuple(self.weight_shape)}, got {tuple(dense.shape)}")
+        if self.layout == "masked":
+            return torch.where(self.weight_mask, dense, torch.zeros((), dtype=dense.dtype, device=dense.device))
+        return self._index().gather(dense.reshape(self.matrix_shape)).contiguous()
+
+    def from_layout(self, stored: torch.Tensor) -> torch.Tensor:
+        """The inverse of `to_layout`: a tensor shaped like the stored weight, in the dense shape."""
+        if tuple(stored.shape) != tuple(self.weight.shape):
+            raise ValueError(f"stored must have the stored weight's shape {tuple(self.weight.shape)}, "
+                             f"got {tuple(stored.shape)}")
+        if self.layout == "masked":
+            return torch.where(self.weight_mask, stored, torch.zeros((), dtype=stored.dtype, device=stored.device))
+        return self._index().scatter(stored, self.matrix_shape).reshape(self.weight_shape)
+
+    def layout_mask(self) -> torch.Tensor | None:
+        """Bool tensor shaped like the stored weight, True at kept weights; None when every stored
+        entry is kept (CSR stores only the kept weights)."""
+        if self.layout == "masked":
+            return self.weight_mask
+        if self.layout == "bsr":
+            return self.block_mask
+        return None
+
     @torch.no_grad()
     def set_mask(self, mask: torch.Tensor, layout: str | None = None) -> None:
         """Replace the mask: kept weights keep their values, newly active ones start at 0.
@@ -171,8 +200,12 @@ class SparseWeightMixin:
                     self.bias.copy_(bias)
             else:
                 missing_keys.append(prefix + "bias")
+        # The layout follows the policy (as it did when the checkpoint was written), so that optimizer
+        # state saved beside this module keeps matching the stored weight's shape.
+        weight = weight.to(device=self.weight.device, dtype=self.weight.dtype)
+        mask = mask.to(self.weight.device)
         with torch.no_grad():
-            self._pack(weight.to(device=self.weight.device, dtype=self.weight.dtype), mask.to(self.weight.device), self.layout)
+            self._pack(weight, mask, self._choose_layout(self.layout_policy, mask, weight))
 
     def _sparse_repr(self) -> str:
         return f"layout={self.layout}, density={self.density:.4f}"

@@ -26,7 +26,8 @@ def prunable_layers(model: nn.Module, filter_fn: Callable[[str, nn.Module], bool
     return layers
 
 
-def _set_submodule(model: nn.Module, name: str, module: nn.Module) -> None:
+def replace_submodule(model: nn.Module, name: str, module: nn.Module) -> None:
+    """Put `module` at the dotted path `name` inside `model`."""
     parent_name, _, child = name.rpartition(".")
     parent = model.get_submodule(parent_name) if parent_name else model
     setattr(parent, child, module)
@@ -58,9 +59,9 @@ def sparsify_(model: nn.Module, density: float = 1.0, init: str = "erk",
             module.set_mask(mask, layout)
             module.layout_policy = layout
         elif isinstance(module, nn.Linear):
-            _set_submodule(model, name, SparseLinear.from_dense(module, mask=mask, layout=layout, blocksize=blocksize))
+            replace_submodule(model, name, SparseLinear.from_dense(module, mask=mask, layout=layout, blocksize=blocksize))
         else:
-            _set_submodule(model, name, SparseConv2d.from_dense(module, mask=mask, layout=layout))
+            replace_submodule(model, name, SparseConv2d.from_dense(module, mask=mask, layout=layout))
     return model
 
 
@@ -69,7 +70,7 @@ def densify_(model: nn.Module) -> nn.Module:
     weights). Returns `model`."""
     for name, module in list(model.named_modules()):
         if isinstance(module, (SparseLinear, SparseConv2d)) and name:
-            _set_submodule(model, name, module.to_dense())
+            replace_submodule(model, name, module.to_dense())
     return model
 
 

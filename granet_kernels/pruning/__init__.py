@@ -1,4 +1,8 @@
-"""The GraNet engine: pruning schedules, criteria and the sparsifier (GraNet, GMP, RigL, SET, static).
+"""The GraNet engine: schedules, selection criteria, and the sparsifier (GraNet and the baselines
+GMP, RigL, SET, static) on the sparse modules of granet_kernels.nn."""
 
-Not implemented yet (issue 5); the per-layer density distributions live in granet_kernels.nn.density.
-"""
+from granet_kernels.pruning.config import METHODS, GraNetConfig
+from granet_kernels.pruning.engine import GraNet
+from granet_kernels.pruning.schedule import Schedule
+
+__all__ = ["GraNet", "GraNetConfig", "Schedule", "METHODS"]

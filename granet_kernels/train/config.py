@@ -6,6 +6,7 @@ Precedence, lowest first: the defaults below < `--preset` < `--config FILE` < fl
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 import math
@@ -29,8 +30,8 @@ LR_SCHEDULES = ("cosine", "step", "constant")
 AMPS = ("off", "bf16", "fp16")
 
 # Which models suit which data (the input shape differs).
-MODELS_FOR = {"digits": ("mlp", "cnn"), "cifar10": ("vgg19", "resnet50"), "cifar100": ("vgg19", "resnet50"),
-              "imagenet": ("resnet50",)}
+MODELS_FOR = {"digits": ("mlp", "cnn"), "cifar10": ("mlp", "cnn", "vgg19", "resnet50"),
+              "cifar100": ("mlp", "cnn", "vgg19", "resnet50"), "imagenet": ("resnet50",)}
 DEFAULT_MODEL = {"digits": "mlp", "cifar10": "resnet50", "cifar100": "resnet50", "imagenet": "resnet50"}
 
 
@@ -58,7 +59,7 @@ class TrainConfig:
     num_workers: int = _f(0, "DataLoader worker processes (ImageNet only; the others are in memory)", "data",
                           metavar="N", runtime=True)
     # --- model ------------------------------------------------------------------------------------
-    model: str = _f("auto", "model: mlp, cnn (digits), vgg19, resnet50 (CIFAR variants as in the paper; ImageNet: "
+    model: str = _f("auto", "model: mlp, cnn (digits, CIFAR), vgg19, resnet50 (CIFAR variants as in the paper; ImageNet: "
                     "torchvision's ResNet-50 when installed); auto = mlp for digits, resnet50 otherwise",
                     "model", choices=MODELS)
     mlp_hidden: int = _f(1024, "hidden width of the MLP (64 -> H -> H -> 10)", "model", metavar="H")
@@ -252,7 +253,7 @@ for _name in ("cifar10-resnet50", "cifar100-vgg19", "imagenet-resnet50"):
 def preset_values(name: str) -> dict:
     if name not in PRESETS:
         raise ConfigError(f"unknown preset {name!r}; choose one of: {', '.join(PRESETS)}")
-    return dict(PRESETS[name][1])
+    return copy.deepcopy(PRESETS[name][1])
 
 
 # --- config files ------------------------------------------------------------------------------------

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import gc
 import math
 import os
 import sys
@@ -174,13 +175,9 @@ def _run(cfg: TrainConfig, resume_state, info: D.DistInfo, device: torch.device)
     torch.manual_seed(cfg.seed)
     model = build_model(model_name, cfg.dataset, data.info.num_classes, data.info.input_shape,
                         hidden=cfg.mlp_hidden, dropout=cfg.dropout)
-    example = data.sample_batch(2)[0]
-    macs = R.layer_macs(model, example)
     model = model.to(device)
     optimizer = make_optimizer(model, cfg)
     granet = make_engine(model, optimizer, cfg, iters) if cfg.sparse else None
-    flops = R.FlopTracker(macs)
-    flops.set_densities(R.layer_densities_of(model))
     scaler = torch.amp.GradScaler(device.type) if cfg.amp == "fp16" else None
 
     start_epoch, step, history, elapsed_before = 0, 0, [], 0.0
@@ -192,7 +189,6 @@ def _run(cfg: TrainConfig, resume_state, info: D.DistInfo, device: torch.device)
         optimizer.load_state_dict(resume_state["optimizer"])
         if scaler is not None and resume_state.get("scaler"):
             scaler.load_state_dict(resume_state["scaler"])
-        flops.load_state_dict(resume_state["flops"])
         start_epoch, step = resume_state["epoch"], resume_state["step"]
         history, density_trace = list(resume_state["history"]), [tuple(t) for t in resume_state["density_trace"]]
         elapsed_before = resume_state.get("train_time_s", 0.0)
@@ -242,20 +238,24 @@ def _run(cfg: TrainConfig, resume_state, info: D.DistInfo, device: torch.device)
                 loss.backward()
                 optimizer.step()
             step += 1
-            event = False
-            if granet is not None and granet.step():
-                event = True
-                density = _density(model, granet)
-                density_trace.append((step, density))
-                flops.set_densities(R.layer_densities_of(model))
-                if info.enabled:  # parameter sizes may have changed (CSR repack): new DDP buckets
-                    net = D.wrap(model, info, device)
-                    net.train()
-            flops.add_steps(1, event=event)
             with torch.no_grad():
                 loss_sum += float(loss) * y.numel()
                 correct += float((logits.argmax(1) == y).sum())
                 count += y.numel()
+            # Drop the graph before the engine repacks: a live graph keeps the weights' gradient
+            # accumulators, which remember the old parameter shapes.
+            del logits, loss
+            if granet is not None and granet.step():
+                density = _density(model, granet)
+                density_trace.append((step, density))
+                if info.enabled:
+                    # Parameter sizes may have changed (CSR repack): a new DDP wrapper. The old one's
+                    # reducer holds the parameters' gradient accumulators, which remember the old
+                    # shapes, so it must be collected before the new wrapper makes fresh ones.
+                    del net
+                    gc.collect()
+                    net = D.wrap(model, info, device)
+                    net.train()
             if bar is not None:
                 bar.update(1)
                 bar.set_postfix(loss=f"{loss_sum / count:.3f}", acc=f"{correct / count:.3f}", density=f"{density:.3f}",
@@ -279,7 +279,7 @@ def _run(cfg: TrainConfig, resume_state, info: D.DistInfo, device: torch.device)
             if (epoch + 1) % cfg.checkpoint_every == 0 or epoch + 1 == cfg.epochs:
                 state = dict(config=cfg.to_dict(), epoch=epoch + 1, step=step, model=model.state_dict(),
                              optimizer=optimizer.state_dict(), granet=None if granet is None else granet.state_dict(),
-                             scaler=None if scaler is None else scaler.state_dict(), flops=flops.state_dict(),
+                             scaler=None if scaler is None else scaler.state_dict(),
                              history=history, density_trace=density_trace, train_time_s=train_time)
                 ckpt.save_checkpoint(state, os.path.join(out, ckpt.CHECKPOINT))
         info.barrier()
@@ -303,15 +303,15 @@ def _run(cfg: TrainConfig, resume_state, info: D.DistInfo, device: torch.device)
         x, y = data.sample_batch(max(1, cfg.batch_size // info.world_size))
         x, y = x.to(device), y.to(device)
         if cfg.sparse:
-            driver_train = flops.train_x_dense()
-            driver_inf = flops.current
             sparse_f, dense_f = R.measured_inference_flops(model, x)
+            measured = sparse_f / dense_f if dense_f else None
             summary.update(
-                train_flops_x_dense=float(rep.get("train_flops_x_dense", driver_train)),
-                inference_flops_x_dense=float(rep.get("inference_flops_x_dense", driver_inf)),
-                train_flops_x_dense_counted=driver_train, inference_flops_x_dense_counted=driver_inf,
-                inference_flops_x_dense_measured=sparse_f / dense_f if dense_f else None,
-                layer_densities=layer_d, engine_report={k: v for k, v in rep.items() if k != "layer_densities"})
+                train_flops_x_dense=float(rep["train_flops_x_dense"]) if "train_flops_x_dense" in rep else None,
+                inference_flops_x_dense=float(rep.get("inference_flops_x_dense", measured)),
+                inference_flops_x_dense_measured=measured,
+                layer_densities=layer_d, layer_layouts=rep.get("layer_layouts"),
+                engine_report={k: v for k, v in rep.items() if k not in ("layer_densities", "layer_layouts",
+                                                                         "layer_nnz")})
         else:
             summary.update(train_flops_x_dense=1.0, inference_flops_x_dense=1.0, layer_densities={})
         if cfg.time_steps > 0:
@@ -336,9 +336,11 @@ def _run(cfg: TrainConfig, resume_state, info: D.DistInfo, device: torch.device)
             from granet_kernels.train.plots import write_plots
             write_plots(out, history, trace, schedule, layer_d, title)
         print(R.format_table(summary), flush=True)
-    if cfg.save_rank_masks:
+    if cfg.save_rank_masks:  # for checking that the processes of a distributed run agree
         masks = {name: m.mask.cpu() for name, m in R.sparse_modules(model)}
-        torch.save(masks, os.path.join(out, f"masks_rank{info.rank}.pt"))
+        state = {k: v.cpu() for k, v in model.state_dict().items()}
+        torch.save({"masks": masks, "state_dict": state, "step": step},
+                   os.path.join(out, f"masks_rank{info.rank}.pt"))
     info.barrier()
     return summary
 

@@ -10,14 +10,15 @@ from granet_kernels.train.config import ConfigError
 
 
 class MLP(nn.Module):
-    """in -> hidden -> hidden -> classes, ReLU (the input image is flattened)."""
+    """in -> hidden -> hidden -> classes, ReLU (the input image is flattened). The ReLUs are not in place:
+    the engine captures the dense weight gradient at event steps through a hook on each layer's output."""
 
     def __init__(self, in_features: int = 64, num_classes: int = 10, hidden: int = 1024, dropout: float = 0.0):
         super().__init__()
         self.net = nn.Sequential(
             nn.Flatten(),
-            nn.Linear(in_features, hidden), nn.ReLU(inplace=True), nn.Dropout(dropout),
-            nn.Linear(hidden, hidden), nn.ReLU(inplace=True), nn.Dropout(dropout),
+            nn.Linear(in_features, hidden), nn.ReLU(), nn.Dropout(dropout),
+            nn.Linear(hidden, hidden), nn.ReLU(), nn.Dropout(dropout),
             nn.Linear(hidden, num_classes),
         )
 

@@ -16,32 +16,6 @@ from granet_kernels.nn import densify_, sparse_modules
 
 # --- FLOPs ------------------------------------------------------------------------------------------
 
-def layer_macs(model: nn.Module, example: torch.Tensor) -> dict[str, int]:
-    """Dense multiply-accumulates per example of every nn.Linear / nn.Conv2d (groups=1) of a dense
-    model, from one forward of `example` (one or more examples) in eval mode."""
-    macs: dict[str, int] = {}
-    hooks = []
-    n = example.shape[0]
-    for name, m in model.named_modules():
-        if isinstance(m, nn.Linear):
-            hooks.append(m.register_forward_hook(
-                lambda mod, i, o, name=name: macs.__setitem__(name, o.numel() // n * mod.in_features)))
-        elif isinstance(m, nn.Conv2d) and m.groups == 1:
-            hooks.append(m.register_forward_hook(
-                lambda mod, i, o, name=name: macs.__setitem__(
-                    name, o.numel() // n * mod.in_channels * mod.kernel_size[0] * mod.kernel_size[1])))
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            model(example)
-    finally:
-        for h in hooks:
-            h.remove()
-        model.train(was_training)
-    return macs
-
-
 def layer_densities_of(model: nn.Module) -> dict[str, float]:
     return {name: float(m.density) for name, m in sparse_modules(model)}
 
@@ -52,45 +26,24 @@ def global_density_of(model: nn.Module) -> float:
     return sum(m.nnz for _, m in mods) / total if total else 1.0
 
 
-class FlopTracker:
-    """Training FLOPs as the sparse-training papers count them, relative to dense: per step, forward
-    + input gradient + weight gradient of every pruned layer at its current density (3x the forward);
-    at a mask-update step the weight gradient is dense. Layers not pruned count as dense; the
-    elementwise work (norms, activations) is left out, as in the papers."""
-
-    def __init__(self, macs: dict[str, int]):
-        self.macs = macs
-        self.dense_total = sum(macs.values())
-        self.sparse_sum = 0.0  # sum over steps of sparse training MACs
-        self.steps = 0
-        self.current = 1.0  # forward ratio at the current masks
-
-    def set_densities(self, densities: dict[str, float]) -> None:
-        if self.dense_total:
-            self.current = sum(m * densities.get(n, 1.0) for n, m in self.macs.items()) / self.dense_total
-
-    def add_steps(self, n: int, event: bool = False) -> None:
-        self.sparse_sum += 3 * self.current * n
-        if event:  # the dense weight gradient of that step
-            self.sparse_sum += 1 - self.current
-        self.steps += n
-
-    def train_x_dense(self) -> float:
-        return self.sparse_sum / (3 * self.steps) if self.steps else self.current
-
-    def state_dict(self) -> dict:
-        return {"sparse_sum": self.sparse_sum, "steps": self.steps, "current": self.current}
-
-    def load_state_dict(self, sd: dict) -> None:
-        self.sparse_sum, self.steps, self.current = sd["sparse_sum"], sd["steps"], sd["current"]
+def detached_copy(model: nn.Module) -> nn.Module:
+    """A deepcopy of `model` without the hooks the engine installed (they would report to it)."""
+    m = copy.deepcopy(model)
+    for sub in m.modules():
+        for hooks in ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_backward_pre_hooks",
+                      "_forward_hooks_with_kwargs", "_forward_hooks_always_called", "_forward_pre_hooks_with_kwargs"):
+            d = getattr(sub, hooks, None)
+            if d is not None:
+                d.clear()
+    return m
 
 
 def measured_inference_flops(model: nn.Module, x: torch.Tensor) -> tuple[float, float]:
     """(sparse, dense) FLOPs of one forward of `x`, counted by torch's FlopCounterMode (the sparse
     ops' formulas count only nonzeros)."""
     from torch.utils.flop_counter import FlopCounterMode
-    sparse = copy.deepcopy(model).eval()
-    dense = densify_(copy.deepcopy(model)).eval()
+    sparse = detached_copy(model).eval()
+    dense = densify_(detached_copy(model)).eval()
     out = []
     for m in (sparse, dense):
         counter = FlopCounterMode(display=False)
@@ -112,8 +65,8 @@ def time_training_steps(model: nn.Module, make_optimizer, x: torch.Tensor, y: to
     """Seconds per training step (forward, backward, optimizer step) of a copy of `model` and of a
     dense copy of it (densify_ on a deepcopy), each with a fresh optimizer, after `warmup` steps;
     the two are timed in alternating rounds and the fastest round of each counts."""
-    sparse = copy.deepcopy(model).train()
-    dense = densify_(copy.deepcopy(model)).train()
+    sparse = detached_copy(model).train()
+    dense = densify_(detached_copy(model)).train()
     crit = nn.CrossEntropyLoss()
     runners = []
     for m in (sparse, dense):

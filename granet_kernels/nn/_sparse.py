@@ -77,6 +77,8 @@ class SparseWeightMixin:
             self.register_buffer(name, tensor, persistent=False)
         data = data.contiguous()
         if isinstance(self._parameters.get("weight"), nn.Parameter):
+            if self.weight.shape != data.shape:
+                _forget_grad_accumulator(self.weight)
             self.weight.data = data
         else:
             self.weight = nn.Parameter(data)
@@ -209,3 +211,13 @@ class SparseWeightMixin:
 
     def _sparse_repr(self) -> str:
         return f"layout={self.layout}, density={self.density:.4f}"
+
+
+def _forget_grad_accumulator(param: nn.Parameter) -> None:
+    """Make the next forward build a fresh gradient accumulator for `param`.
+
+    Autograd caches a leaf's accumulator (with the shape it had) while any graph still holds it, e.g.
+    a `loss` kept alive across iterations; assigning `.data` of another shape keeps that stale shape
+    and the next backward fails. Assigning data of another dtype drops the cached accumulator."""
+    other = torch.float64 if param.dtype != torch.float64 else torch.float32
+    param.data = torch.empty(0, dtype=other, device=param.device)

@@ -54,13 +54,29 @@ void unpack_panels(const T* panels, T* out, int64_t n, int64_t k) {
   }
 }
 
-// Forward: y panels [P][m][BT] = sum over row i's nonzeros of values * x panel rows.
+// Software prefetch distance (in nonzeros) of the operand rows, and cache lines per panel row.
+constexpr int kPrefetchAhead = 16;
+template <typename T, int BT>
+inline void prefetch_row(const T* r) {
+  for (int l = 0; l < static_cast<int>(BT * sizeof(T) / 64); ++l) __builtin_prefetch(r + l * (64 / sizeof(T)));
+}
+
+// Independent accumulator sets so that about 8 vectors are in flight (FMA latency x throughput),
+// without spilling (16 vector registers on AVX2).
+template <int NV>
+constexpr int acc_sets() {
+  return NV >= 8 ? 1 : NV >= 4 ? 2 : 4;
+}
+
+// Forward: y panels [P][m][BT] = sum over row i's nonzeros of values * x panel rows. The x panel
+// (k x BT) stays in L2; its rows are prefetched kPrefetchAhead nonzeros ahead (across rows).
 template <typename T, int BT>
 void csr_spmm_panels(const int32_t* crow, const int32_t* col, const T* values, const T* xp, T* yp, int64_t n,
                      int64_t m, int64_t k) {
   using S = Simd<T>;
   using vec = typename S::vec;
   constexpr int NV = BT / S::lanes;
+  constexpr int U = acc_sets<NV>();
   const int64_t n_panels = (n + BT - 1) / BT;
   constexpr int64_t RB = 64;  // output rows per task
   const int64_t row_blocks = (m + RB - 1) / RB;
@@ -70,15 +86,17 @@ void csr_spmm_panels(const int32_t* crow, const int32_t* col, const T* values, c
       const T* panel = xp + p * k * BT;
       T* out = yp + p * m * BT;
       const int64_t i_end = min_i64((rb + 1) * RB, m);
+      const int32_t q_limit = crow[i_end];
       for (int64_t i = rb * RB; i < i_end; ++i) {
-        // Four accumulator sets hide the FMA latency of consecutive nonzeros.
-        vec acc[4][NV];
-        for (int u = 0; u < 4; ++u)
+        vec acc[U][NV];
+        for (int u = 0; u < U; ++u)
           for (int v = 0; v < NV; ++v) acc[u][v] = vec{};
         int32_t q = crow[i];
         const int32_t q_end = crow[i + 1];
-        for (; q + 3 < q_end; q += 4) {
-          for (int u = 0; u < 4; ++u) {
+        for (; q + U - 1 < q_end; q += U) {
+          for (int u = 0; u < U; ++u) {
+            if (q + u + kPrefetchAhead < q_limit)
+              prefetch_row<T, BT>(panel + static_cast<int64_t>(col[q + u + kPrefetchAhead]) * BT);
             const vec w = S::splat(values[q + u]);
             const T* r = panel + static_cast<int64_t>(col[q + u]) * BT;
             for (int v = 0; v < NV; ++v) acc[u][v] += w * S::load(r + v * S::lanes);
@@ -89,8 +107,9 @@ void csr_spmm_panels(const int32_t* crow, const int32_t* col, const T* values, c
           const T* r = panel + static_cast<int64_t>(col[q]) * BT;
           for (int v = 0; v < NV; ++v) acc[0][v] += w * S::load(r + v * S::lanes);
         }
-        for (int v = 0; v < NV; ++v)
-          S::store(out + i * BT + v * S::lanes, (acc[0][v] + acc[1][v]) + (acc[2][v] + acc[3][v]));
+        for (int u = 1; u < U; ++u)
+          for (int v = 0; v < NV; ++v) acc[0][v] += acc[u][v];
+        for (int v = 0; v < NV; ++v) S::store(out + i * BT + v * S::lanes, acc[0][v]);
       }
     }
   }
@@ -100,46 +119,64 @@ void csr_spmm_panels(const int32_t* crow, const int32_t* col, const T* values, c
 // in registers; each nonzero (i, j) loads dy's panel row i once and uses it twice:
 //   dx[:, j] += w(i, j) * dy[:, i]      (if DX)
 //   dw(i, j) += <dy[:, i], x[:, j]>     (if DW; summed over the panels)
-// No stores in the inner loop, no atomics: threads own disjoint column ranges. Slots go four at a
-// time so their dot products share one horizontal reduction. w_csc / dw_csc are in CSC slot order.
+// No stores in the inner loop, no atomics, no barriers: each thread owns one column range (balanced
+// by nonzeros) for all panels. Panels are the outer loop so that one dy panel (m x BT, random rows,
+// prefetched kPrefetchAhead slots ahead) stays in L2 while the index streams; the first panel writes
+// dw, the others add. Slots go four at a time so their dot products share one horizontal reduction.
+// w_csc / dw_csc are in CSC slot order.
 template <typename T, int BT, bool DX, bool DW>
 void csc_backward_panels(const int32_t* ccol, const int32_t* row, const T* w_csc, const T* dyp, const T* xp, T* dxp,
                          T* dw_csc, int64_t n, int64_t m, int64_t k) {
   using S = Simd<T>;
   using vec = typename S::vec;
   constexpr int NV = BT / S::lanes;
+  constexpr int DXS = NV >= 4 ? 1 : 2;  // dx accumulator sets (with NV >= 4 the FMAs per slot hide the latency)
   const int64_t n_panels = (n + BT - 1) / BT;
-  constexpr int64_t CB = 64;  // columns per task
-  const int64_t col_blocks = (k + CB - 1) / CB;
-#pragma omp parallel for schedule(dynamic, 1)
-  for (int64_t cb = 0; cb < col_blocks; ++cb) {
-    const int64_t j_end = min_i64((cb + 1) * CB, k);
-    if (DW)
-      for (int32_t s = ccol[cb * CB]; s < ccol[j_end]; ++s) dw_csc[s] = T(0);
+  if (k == 0) return;
+#pragma omp parallel
+  {
+#ifdef _OPENMP
+    const int64_t nt = omp_get_num_threads(), t = omp_get_thread_num();
+#else
+    const int64_t nt = 1, t = 0;
+#endif
+    // Columns [j0, j1): the cost ccol[j] + j (slots plus per-column work) split evenly.
+    const int64_t total = static_cast<int64_t>(ccol[k]) + k;
+    auto split = [&](int64_t part) {
+      const int64_t target = total * part / nt;
+      int64_t lo = 0, hi = k;  // first j with ccol[j] + j >= target
+      while (lo < hi) {
+        const int64_t mid = (lo + hi) / 2;
+        if (static_cast<int64_t>(ccol[mid]) + mid < target) lo = mid + 1;
+        else hi = mid;
+      }
+      return lo;
+    };
+    const int64_t j0 = split(t), j1 = t + 1 == nt ? k : split(t + 1);
+    const int32_t s_limit = ccol[j1];
     for (int64_t p = 0; p < n_panels; ++p) {
       const T* dy_panel = dyp + p * m * BT;
       const T* x_panel = xp + p * k * BT;
-      for (int64_t j = cb * CB; j < j_end; ++j) {
-        vec xj[NV], dx0[NV], dx1[NV];
+      const bool first = p == 0;
+      for (int64_t j = j0; j < j1; ++j) {
+        vec xj[NV], dx[DXS][NV];
         for (int v = 0; v < NV; ++v) {
           if (DW) xj[v] = S::load(x_panel + j * BT + v * S::lanes);
-          dx0[v] = dx1[v] = vec{};
+          for (int u = 0; u < DXS; ++u) dx[u][v] = vec{};
         }
         int32_t s = ccol[j];
         const int32_t s_end = ccol[j + 1];
         for (; s + 3 < s_end; s += 4) {
           vec dot[4];
           for (int u = 0; u < 4; ++u) {
+            if (s + u + kPrefetchAhead < s_limit)
+              prefetch_row<T, BT>(dy_panel + static_cast<int64_t>(row[s + u + kPrefetchAhead]) * BT);
             const T* dyi = dy_panel + static_cast<int64_t>(row[s + u]) * BT;
-            if (s + u + 8 < s_end) __builtin_prefetch(dy_panel + static_cast<int64_t>(row[s + u + 8]) * BT);
             const vec w = S::splat(DX ? w_csc[s + u] : T(0));
             vec d0 = vec{}, d1 = vec{};
             for (int v = 0; v < NV; ++v) {
               const vec d = S::load(dyi + v * S::lanes);
-              if (DX) {
-                if (u & 1) dx1[v] += w * d;
-                else dx0[v] += w * d;
-              }
+              if (DX) dx[u % DXS][v] += w * d;
               if (DW) {
                 if (v & 1) d1 += d * xj[v];
                 else d0 += d * xj[v];
@@ -150,7 +187,10 @@ void csc_backward_panels(const int32_t* ccol, const int32_t* row, const T* w_csc
           if (DW) {
             T sums[4];
             hsum4<T>(dot[0], dot[1], dot[2], dot[3], sums);
-            for (int u = 0; u < 4; ++u) dw_csc[s + u] += sums[u];
+            if (first)
+              for (int u = 0; u < 4; ++u) dw_csc[s + u] = sums[u];
+            else
+              for (int u = 0; u < 4; ++u) dw_csc[s + u] += sums[u];
           }
         }
         for (; s < s_end; ++s) {
@@ -159,32 +199,45 @@ void csc_backward_panels(const int32_t* ccol, const int32_t* row, const T* w_csc
           vec dot = vec{};
           for (int v = 0; v < NV; ++v) {
             const vec d = S::load(dyi + v * S::lanes);
-            if (DX) dx0[v] += w * d;
+            if (DX) dx[0][v] += w * d;
             if (DW) dot += d * xj[v];
           }
-          if (DW) dw_csc[s] += S::hsum(dot);
+          if (DW) {
+            const T h = S::hsum(dot);
+            dw_csc[s] = first ? h : dw_csc[s] + h;
+          }
         }
         if (DX) {
           T* out = dxp + p * k * BT + j * BT;
-          for (int v = 0; v < NV; ++v) S::store(out + v * S::lanes, dx0[v] + dx1[v]);
+          for (int u = 1; u < DXS; ++u)
+            for (int v = 0; v < NV; ++v) dx[0][v] += dx[u][v];
+          for (int v = 0; v < NV; ++v) S::store(out + v * S::lanes, dx[0][v]);
         }
       }
     }
   }
 }
 
-// values in CSC slot order: w_csc[s] = values[perm[s]].
+// values in CSC slot order: w_csc[s] = values[perm[s]]. The reads jump between rows: prefetched
+// kGatherAhead slots ahead (3x faster measured at d = 0.1).
+constexpr int64_t kGatherAhead = 64;
 template <typename T>
 void gather(const T* values, const int32_t* perm, T* out, int64_t nnz) {
 #pragma omp parallel for schedule(static)
-  for (int64_t s = 0; s < nnz; ++s) out[s] = values[perm[s]];
+  for (int64_t s = 0; s < nnz; ++s) {
+    if (s + kGatherAhead < nnz) __builtin_prefetch(values + perm[s + kGatherAhead]);
+    out[s] = values[perm[s]];
+  }
 }
 
-// dvalues[perm[s]] = dw_csc[s].
+// dvalues[perm[s]] = dw_csc[s], the targets prefetched for writing.
 template <typename T>
 void scatter(const T* dw_csc, const int32_t* perm, T* out, int64_t nnz) {
 #pragma omp parallel for schedule(static)
-  for (int64_t s = 0; s < nnz; ++s) out[perm[s]] = dw_csc[s];
+  for (int64_t s = 0; s < nnz; ++s) {
+    if (s + kGatherAhead < nnz) __builtin_prefetch(out + perm[s + kGatherAhead], 1);
+    out[perm[s]] = dw_csc[s];
+  }
 }
 
 // SDDMM in CSR order: dw[q] = <dy[:, i], x[:, col(q)]> for the nonzeros q of row i.

@@ -15,8 +15,10 @@
 // row's end are computed and dropped; they read zeros or valid neighbours, never out of bounds).
 // 1x1 convolutions with stride 1 and no padding skip the packing: their vectors are L consecutive
 // pixels of the NCHW tensors themselves ("pixel lanes").
-// Threads: work items (batch block x channel range) taken dynamically; no shared writes (dW is
-// accumulated per thread and summed at the end). Scratch buffers are reused across calls (per thread).
+// Threads: work items (batch block x channel range); no shared writes. dW is accumulated per slot
+// (work item i -> slot i mod threads, a slot's items in order on one thread) and the slots are summed
+// in order at the end, so dW is bit-identical from run to run for a given thread count; the passes
+// without dW take the items dynamically. Scratch buffers are reused across calls (per thread).
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 
@@ -651,7 +653,7 @@ BackwardPlan<T> backward_plan(const char* op, int64_t n, int64_t c_in, int64_t h
   return plan;
 }
 
-// Sums the threads' dW accumulators into dvalues (CSR order).
+// Sums the slots' dW accumulators into dvalues (CSR order), always in slot order.
 template <typename T>
 void gather_dw(const at::Tensor& dw_e, int64_t count, int threads, const std::vector<int32_t>& nz, at::Tensor* dvalues) {
   T* out = dvalues->data_ptr<T>();

@@ -65,11 +65,12 @@ struct ConvTask {
   int64_t n_cb;
   const int32_t* offs;    // per entry: element offset of its source run (source channel + shift)
   const T* vals;          // per entry: weight (null for dW only)
-  T* dw;                  // per thread and entry: dW accumulators (null without dW), summed by the host
-  int64_t dw_thread;      // entries per thread
-  const int64_t* parts;   // n_parts x 4: [bb0, bb1, c0, c1) work items, taken in turn by the threads
+  T* dw;                  // per slot and entry: dW accumulators (null without dW), summed by the host in
+                          // slot order; part p adds into slot p mod n_threads (see conv_engine_impl)
+  int64_t dw_thread;      // entries per slot
+  const int64_t* parts;   // n_parts x 4: [bb0, bb1, c0, c1) work items
   int64_t n_parts;
-  int n_threads;          // threads of the pass (at most; partial and dw have room for each)
+  int n_threads;          // threads (and dW slots) of the pass; partial and dw have room for each
 };
 
 }  // namespace cpu
@@ -435,40 +436,61 @@ void conv_tile_dispatch(int w, const ::granet::cpu::ConvTask<T>& t, const T* s, 
 #undef GRANET_CONV_TILE_CASE
 }
 
-// Loops of one pass: parts -> batch block -> tile -> channel block -> destination channel. The parts
-// (batch block x channel range) are taken dynamically by the threads, in batch-block order so that
-// concurrent parts share their source; each thread has its own partial sums and dW accumulators.
+// One part (batch blocks [bb0, bb1) x destination channels [c0, c1)): batch block -> tile -> channel
+// block -> destination channel, with the given partial-sum buffer and dW accumulators.
+template <typename T, bool ACC, bool DW>
+inline void conv_part(const ::granet::cpu::ConvTask<T>& t, int64_t part, T* partial, T* dw) {
+  constexpr int64_t L = Simd<T>::lanes;
+  const int64_t bb0 = t.parts[4 * part], bb1 = t.parts[4 * part + 1];
+  const int64_t c0 = t.parts[4 * part + 2], c1 = t.parts[4 * part + 3];
+  for (int64_t bb = bb0; bb < bb1; ++bb) {
+    const T* s = t.src + bb * t.src_bb;
+    for (int64_t i = 0; i < t.n_tiles; ++i) {
+      const int32_t* tile = t.tiles + 4 * i;
+      const int64_t dp = tile[1];
+      const T* x = nullptr;
+      int64_t x_ch = 0;
+      if constexpr (DW) {
+        if (!t.pixel_lanes) {
+          x = t.xt + bb * t.xt_bb + dp * L;
+          x_ch = t.xt_ch;
+        } else if (!tile[3]) {
+          x = t.xt + bb * t.xt_bb + dp;
+          x_ch = t.xt_ch;
+        } else {
+          x = t.xtail + bb * t.n_dst * L;
+          x_ch = L;
+        }
+      }
+      conv_tile_dispatch<T, ACC, DW>(tile[2], t, s + tile[0], bb, dp, x, x_ch, partial, dw, c0, c1);
+    }
+  }
+}
+
+// Loops of one pass over the parts (in batch-block order, so that concurrent parts share their
+// source).
+// Without dW the parts are taken dynamically: every output element is written by exactly one part,
+// so the result does not depend on which thread does what (partial sums are per-thread scratch).
+// With dW the accumulators are summed by the host, and a float sum must not depend on timing (resumed
+// runs must be bit-identical): part p always goes into the accumulators of slot p mod n_threads, and
+// a slot's parts are done in order by one thread. The result is then fixed by the parts and
+// n_threads alone, whatever the schedule, the team's actual size or the threads' timing. (A dynamic
+// schedule with per-thread accumulators, as this was before, changed dW by a few ulp from run to run.)
 template <typename T, bool ACC, bool DW>
 void conv_engine_impl(const ::granet::cpu::ConvTask<T>& t) {
-  constexpr int64_t L = Simd<T>::lanes;
+  if constexpr (DW) {
+    const int64_t slots = t.n_threads;
+#pragma omp parallel for schedule(static, 1) num_threads(t.n_threads)
+    for (int64_t slot = 0; slot < slots; ++slot) {
+      T* partial = ACC ? t.partial + slot * t.partial_thread : nullptr;
+      T* dw = t.dw + slot * t.dw_thread;
+      for (int64_t part = slot; part < t.n_parts; part += slots) conv_part<T, ACC, DW>(t, part, partial, dw);
+    }
+  } else {
 #pragma omp parallel for schedule(dynamic, 1) num_threads(t.n_threads)
-  for (int64_t part = 0; part < t.n_parts; ++part) {
-    const int64_t bb0 = t.parts[4 * part], bb1 = t.parts[4 * part + 1];
-    const int64_t c0 = t.parts[4 * part + 2], c1 = t.parts[4 * part + 3];
-    const int thread = current_thread();
-    T* partial = ACC ? t.partial + thread * t.partial_thread : nullptr;
-    T* dw = DW ? t.dw + thread * t.dw_thread : nullptr;
-    for (int64_t bb = bb0; bb < bb1; ++bb) {
-      const T* s = t.src + bb * t.src_bb;
-      for (int64_t i = 0; i < t.n_tiles; ++i) {
-        const int32_t* tile = t.tiles + 4 * i;
-        const int64_t dp = tile[1];
-        const T* x = nullptr;
-        int64_t x_ch = 0;
-        if constexpr (DW) {
-          if (!t.pixel_lanes) {
-            x = t.xt + bb * t.xt_bb + dp * L;
-            x_ch = t.xt_ch;
-          } else if (!tile[3]) {
-            x = t.xt + bb * t.xt_bb + dp;
-            x_ch = t.xt_ch;
-          } else {
-            x = t.xtail + bb * t.n_dst * L;
-            x_ch = L;
-          }
-        }
-        conv_tile_dispatch<T, ACC, DW>(tile[2], t, s + tile[0], bb, dp, x, x_ch, partial, dw, c0, c1);
-      }
+    for (int64_t part = 0; part < t.n_parts; ++part) {
+      T* partial = ACC ? t.partial + current_thread() * t.partial_thread : nullptr;
+      conv_part<T, ACC, DW>(t, part, partial, nullptr);
     }
   }
 }

@@ -46,17 +46,6 @@ T* pack(const at::Tensor& dense, Scratch slot) {
   return panels;
 }
 
-template <typename T>
-T* panels_of(Scratch slot, int64_t n, int64_t k) {
-  return cpu::scratch_of<T>(slot, panel_elems<T>(n, k));
-}
-
-template <typename T>
-at::Tensor unpack(const T* panels, int64_t n, int64_t k, const at::TensorOptions& options) {
-  at::Tensor out = at::empty({n, k}, options);
-  GRANET_ISA_CALL(unpack<T>, panels, out.data_ptr<T>(), n, k, panel_bytes());
-  return out;
-}
 
 void check_cpu(const char* op, const at::Tensor& t) {
   TORCH_CHECK_VALUE(t.device().is_cpu(), op, ": the CPU kernel needs CPU tensors, got one on ", t.device());
@@ -99,10 +88,10 @@ at::Tensor csr_spmm_cpu(const at::Tensor& crow, const at::Tensor& col, const at:
   const at::Tensor c = crow.contiguous(), j = col.contiguous(), values = values_in.contiguous();
   return AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "granet_csr_spmm_cpu", [&] {
     const scalar_t* xp = pack<scalar_t>(x, Scratch::a);
-    scalar_t* yp = panels_of<scalar_t>(Scratch::b, n, m);
+    at::Tensor y = at::empty({n, m}, x.options());  // written row-major by the kernel
     GRANET_ISA_CALL(spmm<scalar_t>, c.data_ptr<int32_t>(), j.data_ptr<int32_t>(), values.data_ptr<scalar_t>(), xp,
-                    yp, n, m, k, panel_bytes());
-    return unpack<scalar_t>(yp, n, m, x.options());
+                    y.data_ptr<scalar_t>(), n, m, k, panel_bytes());
+    return y;
   });
 }
 
@@ -115,10 +104,10 @@ at::Tensor csr_spmm_t_cpu(const at::Tensor& ccol, const at::Tensor& row, const a
   return AT_DISPATCH_FLOATING_TYPES(dy.scalar_type(), "granet_csr_spmm_t_cpu", [&] {
     const scalar_t* w_csc = csc_values<scalar_t>(values, perm);
     const scalar_t* dyp = pack<scalar_t>(dy, Scratch::a);
-    scalar_t* dxp = panels_of<scalar_t>(Scratch::b, n, k);
-    GRANET_ISA_CALL(backward<scalar_t>, cc.data_ptr<int32_t>(), r.data_ptr<int32_t>(), w_csc, dyp, nullptr, dxp,
-                    nullptr, n, m, k, true, false, panel_bytes());
-    return unpack<scalar_t>(dxp, n, k, dy.options());
+    at::Tensor dx = at::empty({n, k}, dy.options());
+    GRANET_ISA_CALL(backward<scalar_t>, cc.data_ptr<int32_t>(), r.data_ptr<int32_t>(), w_csc, dyp, nullptr,
+                    dx.data_ptr<scalar_t>(), nullptr, n, m, k, true, false, panel_bytes());
+    return dx;
   });
 }
 
@@ -166,14 +155,14 @@ std::tuple<at::Tensor, at::Tensor> csr_linear_backward_cpu(const at::Tensor& cco
     scalar_t* dw_csc = cpu::scratch_of<scalar_t>(Scratch::e, row.numel());
     const scalar_t* dyp = pack<scalar_t>(dy, Scratch::a);
     const scalar_t* xp = pack<scalar_t>(x, Scratch::b);
-    scalar_t* dxp = panels_of<scalar_t>(Scratch::c, n, k);
-    GRANET_ISA_CALL(backward<scalar_t>, cc.data_ptr<int32_t>(), r.data_ptr<int32_t>(), w_csc, dyp, xp, dxp, dw_csc, n,
-                    m, k, true, true, panel_bytes());
+    at::Tensor grad_x = at::empty({n, k}, dy.options());
+    GRANET_ISA_CALL(backward<scalar_t>, cc.data_ptr<int32_t>(), r.data_ptr<int32_t>(), w_csc, dyp, xp,
+                    grad_x.data_ptr<scalar_t>(), dw_csc, n, m, k, true, true, panel_bytes());
     // Gradients go back in CSR order, the order of the values. perm is a checked-in-range
     // permutation built with the index; dvalues is written at every perm[s].
     if (row.numel() > 0) dvalues.zero_();
     GRANET_ISA_CALL(scatter_values<scalar_t>, dw_csc, pc.data_ptr<int32_t>(), dvalues.data_ptr<scalar_t>(), row.numel());
-    return unpack<scalar_t>(dxp, n, k, dy.options());
+    return grad_x;
   });
   return {dx, dvalues};
 }

@@ -12,9 +12,40 @@ namespace {
 
 #include "cpu/simd_impl.h"
 
+// In-register transpose of an 8 x 8 tile (r[i] = row i in, r[c] = column c out).
+template <typename vec, typename ivec>
+inline void transpose8(vec* r) {
+  const ivec lo1 = {0, 8, 1, 9, 4, 12, 5, 13}, hi1 = {2, 10, 3, 11, 6, 14, 7, 15};
+  const ivec lo2 = {0, 1, 8, 9, 4, 5, 12, 13}, hi2 = {2, 3, 10, 11, 6, 7, 14, 15};
+  const ivec lo3 = {0, 1, 2, 3, 8, 9, 10, 11}, hi3 = {4, 5, 6, 7, 12, 13, 14, 15};
+  vec t[8], u[8];
+  for (int i = 0; i < 8; i += 2) {
+    t[i] = __builtin_shuffle(r[i], r[i + 1], lo1);
+    t[i + 1] = __builtin_shuffle(r[i], r[i + 1], hi1);
+  }
+  for (int i = 0; i < 8; i += 4) {
+    u[i] = __builtin_shuffle(t[i], t[i + 2], lo2);
+    u[i + 1] = __builtin_shuffle(t[i], t[i + 2], hi2);
+    u[i + 2] = __builtin_shuffle(t[i + 1], t[i + 3], lo2);
+    u[i + 3] = __builtin_shuffle(t[i + 1], t[i + 3], hi2);
+  }
+  for (int c = 0; c < 4; ++c) {
+    r[c] = __builtin_shuffle(u[c], u[c + 4], lo3);
+    r[c + 4] = __builtin_shuffle(u[c], u[c + 4], hi3);
+  }
+}
+
+// Whether the 8 x 8 register transposes apply (8-lane vectors: fp32 on AVX2).
+template <typename T, int BT>
+constexpr bool fast_transpose() {
+  return Simd<T>::lanes == 8 && BT % 8 == 0;
+}
+
 // x [n][k] (row-major, contiguous) -> panels [ceil(n/BT)][k][BT], zero-filled past n.
 template <typename T, int BT>
 void pack_panels(const T* x, T* panels, int64_t n, int64_t k) {
+  using S = Simd<T>;
+  using vec = typename S::vec;
   const int64_t n_panels = (n + BT - 1) / BT;
   constexpr int64_t KB = 64;  // transpose in k-blocks so reads and writes both stay in cache
 #pragma omp parallel for collapse(2) schedule(static)
@@ -22,7 +53,23 @@ void pack_panels(const T* x, T* panels, int64_t n, int64_t k) {
     for (int64_t k0 = 0; k0 < k; k0 += KB) {
       const int64_t k1 = min_i64(k0 + KB, k);
       T* dst = panels + p * k * BT;
-      for (int b = 0; b < BT; ++b) {
+      int b = 0;
+      if constexpr (fast_transpose<T, BT>()) {
+        typedef typename IntOf<T>::type ivec __attribute__((vector_size(GRANET_VECTOR_BYTES)));
+        const int64_t k8 = k0 + (k1 - k0) / 8 * 8;
+        for (; b < BT && p * BT + b + 8 <= n; b += 8) {
+          const T* src = x + (p * BT + b) * k;
+          for (int64_t j = k0; j < k8; j += 8) {
+            vec r[8];
+            for (int i = 0; i < 8; ++i) r[i] = S::load(src + i * k + j);
+            transpose8<vec, ivec>(r);
+            for (int c = 0; c < 8; ++c) S::store(dst + (j + c) * BT + b, r[c]);
+          }
+          for (int i = 0; i < 8; ++i)
+            for (int64_t j = k8; j < k1; ++j) dst[j * BT + b + i] = src[i * k + j];
+        }
+      }
+      for (; b < BT; ++b) {
         const int64_t r = p * BT + b;
         if (r < n) {
           const T* src = x + r * k;
@@ -38,6 +85,8 @@ void pack_panels(const T* x, T* panels, int64_t n, int64_t k) {
 // panels [ceil(n/BT)][k][BT] -> out [n][k].
 template <typename T, int BT>
 void unpack_panels(const T* panels, T* out, int64_t n, int64_t k) {
+  using S = Simd<T>;
+  using vec = typename S::vec;
   const int64_t n_panels = (n + BT - 1) / BT;
   constexpr int64_t KB = 64;
 #pragma omp parallel for collapse(2) schedule(static)
@@ -46,12 +95,53 @@ void unpack_panels(const T* panels, T* out, int64_t n, int64_t k) {
       const int64_t k1 = min_i64(k0 + KB, k);
       const T* src = panels + p * k * BT;
       const int64_t lanes = min_i64(BT, n - p * BT);
-      for (int64_t b = 0; b < lanes; ++b) {
+      int64_t b = 0;
+      if constexpr (fast_transpose<T, BT>()) {
+        typedef typename IntOf<T>::type ivec __attribute__((vector_size(GRANET_VECTOR_BYTES)));
+        const int64_t k8 = k0 + (k1 - k0) / 8 * 8;
+        for (; b + 8 <= lanes; b += 8) {
+          T* dst = out + (p * BT + b) * k;
+          for (int64_t j = k0; j < k8; j += 8) {
+            vec r[8];
+            for (int c = 0; c < 8; ++c) r[c] = S::load(src + (j + c) * BT + b);
+            transpose8<vec, ivec>(r);
+            for (int i = 0; i < 8; ++i) S::store(dst + i * k + j, r[i]);
+          }
+          for (int i = 0; i < 8; ++i)
+            for (int64_t j = k8; j < k1; ++j) dst[i * k + j] = src[j * BT + b + i];
+        }
+      }
+      for (; b < lanes; ++b) {
         T* dst = out + (p * BT + b) * k;
         for (int64_t j = k0; j < k1; ++j) dst[j] = src[j * BT + b];
       }
     }
   }
+}
+
+// A tile [rows][BT] of one panel (lane b = batch row p * BT + b) -> out[b * ld + r] for b < lanes:
+// kernels write their results straight into the row-major output (no panel buffer, no unpack pass).
+template <typename T, int BT>
+inline void store_tile(const T* tile, int64_t rows, T* out, int64_t ld, int64_t lanes) {
+  int64_t b = 0;
+  if constexpr (fast_transpose<T, BT>()) {
+    using S = Simd<T>;
+    using vec = typename S::vec;
+    typedef typename IntOf<T>::type ivec __attribute__((vector_size(GRANET_VECTOR_BYTES)));
+    const int64_t rows8 = rows / 8 * 8;
+    for (; b + 8 <= lanes; b += 8) {
+      for (int64_t r = 0; r < rows8; r += 8) {
+        vec v[8];
+        for (int c = 0; c < 8; ++c) v[c] = S::load(tile + (r + c) * BT + b);
+        transpose8<vec, ivec>(v);
+        for (int l = 0; l < 8; ++l) S::store(out + (b + l) * ld + r, v[l]);
+      }
+      for (int l = 0; l < 8; ++l)
+        for (int64_t r = rows8; r < rows; ++r) out[(b + l) * ld + r] = tile[r * BT + b + l];
+    }
+  }
+  for (; b < lanes; ++b)
+    for (int64_t r = 0; r < rows; ++r) out[b * ld + r] = tile[r * BT + b];
 }
 
 // Software prefetch distance (in nonzeros) of the operand rows, and cache lines per panel row.
@@ -68,10 +158,10 @@ constexpr int acc_sets() {
   return NV >= 8 ? 1 : NV >= 4 ? 2 : 4;
 }
 
-// Forward: y panels [P][m][BT] = sum over row i's nonzeros of values * x panel rows. The x panel
+// Forward: y [n][m] (row-major) = sum over row i's nonzeros of values * x panel rows. The x panel
 // (k x BT) stays in L2; its rows are prefetched kPrefetchAhead nonzeros ahead (across rows).
 template <typename T, int BT>
-void csr_spmm_panels(const int32_t* crow, const int32_t* col, const T* values, const T* xp, T* yp, int64_t n,
+void csr_spmm_panels(const int32_t* crow, const int32_t* col, const T* values, const T* xp, T* y, int64_t n,
                      int64_t m, int64_t k) {
   using S = Simd<T>;
   using vec = typename S::vec;
@@ -84,10 +174,10 @@ void csr_spmm_panels(const int32_t* crow, const int32_t* col, const T* values, c
   for (int64_t p = 0; p < n_panels; ++p) {
     for (int64_t rb = 0; rb < row_blocks; ++rb) {
       const T* panel = xp + p * k * BT;
-      T* out = yp + p * m * BT;
-      const int64_t i_end = min_i64((rb + 1) * RB, m);
+      alignas(64) T tile[RB * BT];  // this task's outputs, transposed into y at the end
+      const int64_t i0 = rb * RB, i_end = min_i64((rb + 1) * RB, m);
       const int32_t q_limit = crow[i_end];
-      for (int64_t i = rb * RB; i < i_end; ++i) {
+      for (int64_t i = i0; i < i_end; ++i) {
         vec acc[U][NV];
         for (int u = 0; u < U; ++u)
           for (int v = 0; v < NV; ++v) acc[u][v] = vec{};
@@ -109,9 +199,54 @@ void csr_spmm_panels(const int32_t* crow, const int32_t* col, const T* values, c
         }
         for (int u = 1; u < U; ++u)
           for (int v = 0; v < NV; ++v) acc[0][v] += acc[u][v];
-        for (int v = 0; v < NV; ++v) S::store(out + i * BT + v * S::lanes, acc[0][v]);
+        for (int v = 0; v < NV; ++v) S::store(tile + (i - i0) * BT + v * S::lanes, acc[0][v]);
       }
+      store_tile<T, BT>(tile, i_end - i0, y + p * BT * m + i0, m, min_i64(BT, n - p * BT));
     }
+  }
+}
+
+// Sum of the products d[v] * x[v] as one vector (two chains, no zero initialisation).
+template <typename vec, int NV>
+inline vec dot_lanes(const vec* d, const vec* x) {
+  vec d0 = d[0] * x[0];
+  if constexpr (NV == 1) {
+    return d0;
+  } else {
+    vec d1 = d[1] * x[1];
+    for (int v = 2; v < NV; v += 2) {
+      d0 += d[v] * x[v];
+      if (v + 1 < NV) d1 += d[v + 1] * x[v + 1];
+    }
+    return d0 + d1;
+  }
+}
+
+// out[u] (= or +=) the lane sum of t[u], u < 4. With 8-lane vectors the four sums come out of the
+// reduction tree as one 4-lane vector: one vector load/add/store instead of four scalar ones.
+template <typename T>
+inline void add_hsum4(const typename Simd<T>::vec* t, T* out, bool assign) {
+  if constexpr (Simd<T>::lanes == 8) {
+    typedef typename IntOf<T>::type ivec __attribute__((vector_size(GRANET_VECTOR_BYTES)));
+    typedef T half __attribute__((vector_size(GRANET_VECTOR_BYTES / 2)));
+    const ivec even = {0, 8, 2, 10, 4, 12, 6, 14}, odd = {1, 9, 3, 11, 5, 13, 7, 15};
+    const auto u0 = __builtin_shuffle(t[0], t[1], even) + __builtin_shuffle(t[0], t[1], odd);
+    const auto u1 = __builtin_shuffle(t[2], t[3], even) + __builtin_shuffle(t[2], t[3], odd);
+    const ivec lo = {0, 1, 8, 9, 4, 5, 12, 13}, hi = {2, 3, 10, 11, 6, 7, 14, 15};
+    const auto v = __builtin_shuffle(u0, u1, lo) + __builtin_shuffle(u0, u1, hi);
+    half a, b, o;
+    __builtin_memcpy(&a, &v, sizeof(half));
+    __builtin_memcpy(&b, reinterpret_cast<const char*>(&v) + sizeof(half), sizeof(half));
+    a += b;
+    if (!assign) {
+      __builtin_memcpy(&o, out, sizeof(half));
+      a += o;
+    }
+    __builtin_memcpy(out, &a, sizeof(half));
+  } else {
+    T sums[4];
+    hsum4<T>(t[0], t[1], t[2], t[3], sums);
+    for (int u = 0; u < 4; ++u) out[u] = assign ? sums[u] : out[u] + sums[u];
   }
 }
 
@@ -123,9 +258,9 @@ void csr_spmm_panels(const int32_t* crow, const int32_t* col, const T* values, c
 // by nonzeros) for all panels. Panels are the outer loop so that one dy panel (m x BT, random rows,
 // prefetched kPrefetchAhead slots ahead) stays in L2 while the index streams; the first panel writes
 // dw, the others add. Slots go four at a time so their dot products share one horizontal reduction.
-// w_csc / dw_csc are in CSC slot order.
+// w_csc / dw_csc are in CSC slot order; dx_out is [n][k] row-major.
 template <typename T, int BT, bool DX, bool DW>
-void csc_backward_panels(const int32_t* ccol, const int32_t* row, const T* w_csc, const T* dyp, const T* xp, T* dxp,
+void csc_backward_panels(const int32_t* ccol, const int32_t* row, const T* w_csc, const T* dyp, const T* xp, T* dx_out,
                          T* dw_csc, int64_t n, int64_t m, int64_t k) {
   using S = Simd<T>;
   using vec = typename S::vec;
@@ -154,10 +289,16 @@ void csc_backward_panels(const int32_t* ccol, const int32_t* row, const T* w_csc
     };
     const int64_t j0 = split(t), j1 = t + 1 == nt ? k : split(t + 1);
     const int32_t s_limit = ccol[j1];
+    if (DW && n_panels == 0)  // no batch rows: the gradient is zero
+      for (int32_t s = ccol[j0]; s < s_limit; ++s) dw_csc[s] = T(0);
+    constexpr int64_t kTileRows = 64;
+    alignas(64) T tile[kTileRows * BT];  // dx of up to 64 columns, transposed into dx_out
     for (int64_t p = 0; p < n_panels; ++p) {
       const T* dy_panel = dyp + p * m * BT;
       const T* x_panel = xp + p * k * BT;
       const bool first = p == 0;
+      const int64_t lanes = min_i64(BT, n - p * BT);
+      int64_t jt = j0;  // first column of the tile
       for (int64_t j = j0; j < j1; ++j) {
         vec xj[NV], dx[DXS][NV];
         for (int v = 0; v < NV; ++v) {
@@ -168,30 +309,20 @@ void csc_backward_panels(const int32_t* ccol, const int32_t* row, const T* w_csc
         const int32_t s_end = ccol[j + 1];
         for (; s + 3 < s_end; s += 4) {
           vec dot[4];
-          for (int u = 0; u < 4; ++u) {
-            if (s + u + kPrefetchAhead < s_limit)
+          if (s + 3 + kPrefetchAhead < s_limit)  // one check per group of four
+            for (int u = 0; u < 4; ++u)
               prefetch_row<T, BT>(dy_panel + static_cast<int64_t>(row[s + u + kPrefetchAhead]) * BT);
+          for (int u = 0; u < 4; ++u) {
             const T* dyi = dy_panel + static_cast<int64_t>(row[s + u]) * BT;
-            const vec w = S::splat(DX ? w_csc[s + u] : T(0));
-            vec d0 = vec{}, d1 = vec{};
-            for (int v = 0; v < NV; ++v) {
-              const vec d = S::load(dyi + v * S::lanes);
-              if (DX) dx[u % DXS][v] += w * d;
-              if (DW) {
-                if (v & 1) d1 += d * xj[v];
-                else d0 += d * xj[v];
-              }
+            vec d[NV];
+            for (int v = 0; v < NV; ++v) d[v] = S::load(dyi + v * S::lanes);
+            if (DX) {
+              const vec w = S::splat(w_csc[s + u]);
+              for (int v = 0; v < NV; ++v) dx[u % DXS][v] += w * d[v];
             }
-            dot[u] = d0 + d1;
+            if (DW) dot[u] = dot_lanes<vec, NV>(d, xj);
           }
-          if (DW) {
-            T sums[4];
-            hsum4<T>(dot[0], dot[1], dot[2], dot[3], sums);
-            if (first)
-              for (int u = 0; u < 4; ++u) dw_csc[s + u] = sums[u];
-            else
-              for (int u = 0; u < 4; ++u) dw_csc[s + u] += sums[u];
-          }
+          if (DW) add_hsum4<T>(dot, dw_csc + s, first);
         }
         for (; s < s_end; ++s) {
           const T* dyi = dy_panel + static_cast<int64_t>(row[s]) * BT;
@@ -208,10 +339,13 @@ void csc_backward_panels(const int32_t* ccol, const int32_t* row, const T* w_csc
           }
         }
         if (DX) {
-          T* out = dxp + p * k * BT + j * BT;
           for (int u = 1; u < DXS; ++u)
             for (int v = 0; v < NV; ++v) dx[0][v] += dx[u][v];
-          for (int v = 0; v < NV; ++v) S::store(out + v * S::lanes, dx[0][v]);
+          for (int v = 0; v < NV; ++v) S::store(tile + (j - jt) * BT + v * S::lanes, dx[0][v]);
+          if (j + 1 - jt == kTileRows || j + 1 == j1) {
+            store_tile<T, BT>(tile, j + 1 - jt, dx_out + p * BT * k + jt, k, lanes);
+            jt = j + 1;
+          }
         }
       }
     }
@@ -294,19 +428,19 @@ inline void unpack(const T* panels, T* out, int64_t n, int64_t k, int panel_byte
   GRANET_CSR_PANEL_DISPATCH((unpack_panels<T, BT>(panels, out, n, k)))
 }
 template <typename T>
-inline void spmm(const int32_t* crow, const int32_t* col, const T* values, const T* xp, T* yp, int64_t n, int64_t m,
+inline void spmm(const int32_t* crow, const int32_t* col, const T* values, const T* xp, T* y, int64_t n, int64_t m,
                  int64_t k, int panel_bytes) {
-  GRANET_CSR_PANEL_DISPATCH((csr_spmm_panels<T, BT>(crow, col, values, xp, yp, n, m, k)))
+  GRANET_CSR_PANEL_DISPATCH((csr_spmm_panels<T, BT>(crow, col, values, xp, y, n, m, k)))
 }
 template <typename T>
-inline void backward(const int32_t* ccol, const int32_t* row, const T* w_csc, const T* dyp, const T* xp, T* dxp,
+inline void backward(const int32_t* ccol, const int32_t* row, const T* w_csc, const T* dyp, const T* xp, T* dx,
                      T* dw_csc, int64_t n, int64_t m, int64_t k, bool need_dx, bool need_dw, int panel_bytes) {
   if (need_dx && need_dw) {
-    GRANET_CSR_PANEL_DISPATCH((csc_backward_panels<T, BT, true, true>(ccol, row, w_csc, dyp, xp, dxp, dw_csc, n, m, k)))
+    GRANET_CSR_PANEL_DISPATCH((csc_backward_panels<T, BT, true, true>(ccol, row, w_csc, dyp, xp, dx, dw_csc, n, m, k)))
   } else if (need_dx) {
-    GRANET_CSR_PANEL_DISPATCH((csc_backward_panels<T, BT, true, false>(ccol, row, w_csc, dyp, xp, dxp, dw_csc, n, m, k)))
+    GRANET_CSR_PANEL_DISPATCH((csc_backward_panels<T, BT, true, false>(ccol, row, w_csc, dyp, xp, dx, dw_csc, n, m, k)))
   } else if (need_dw) {
-    GRANET_CSR_PANEL_DISPATCH((csc_backward_panels<T, BT, false, true>(ccol, row, w_csc, dyp, xp, dxp, dw_csc, n, m, k)))
+    GRANET_CSR_PANEL_DISPATCH((csc_backward_panels<T, BT, false, true>(ccol, row, w_csc, dyp, xp, dx, dw_csc, n, m, k)))
   }
 }
 template <typename T>

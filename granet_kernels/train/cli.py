@@ -25,7 +25,7 @@ examples:
   granet-train                                   digits, MLP, GraNet to 95%% sparsity (about a minute on 2 cores)
   granet-train --method gmp --final-density 0.02 --out runs/gmp
   granet-train --preset cifar10-resnet50-s2s --data-dir /data/cifar
-  torchrun --nproc_per_node=2 $(which granet-train) --out runs/ddp
+  torchrun --no-python --nproc_per_node=2 granet-train --out runs/ddp
   granet-train --out runs/gmp --resume           continue a run from its last checkpoint
 presets: %s
 """ % ", ".join(PRESETS)

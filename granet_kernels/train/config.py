@@ -72,7 +72,7 @@ class TrainConfig:
                              metavar="D")
     final_density: float = _f(0.05, "final density d_f (0.05 = 95%% sparsity)", "sparsity", metavar="D")
     sparse_init: str = _f("ERK", "initial per-layer densities: ERK, ER or uniform", "sparsity", choices=SPARSE_INITS)
-    update_frequency: int = _f(25, "iterations between mask updates (Delta T)", "sparsity", metavar="STEPS")
+    update_frequency: int = _f(10, "iterations between mask updates (Delta T)", "sparsity", metavar="STEPS")
     prune_rate: float = _f(0.5, "initial prune-and-regrow rate r0 (cosine-decayed)", "sparsity", metavar="R")
     prune_rate_min: float = _f(0.005, "final prune-and-regrow rate", "sparsity", metavar="R")
     init_prune_epoch: float = _f(0, "epoch of the first pruning event (t0)", "sparsity", kind=float, metavar="EPOCH")
@@ -85,7 +85,7 @@ class TrainConfig:
     layout: str = _f("auto", "sparse layout of the pruned layers: auto (by density), masked, csr, bsr", "sparsity",
                      choices=LAYOUTS)
     # --- optimisation -----------------------------------------------------------------------------
-    epochs: int = _f(30, "training epochs", "optimisation", metavar="N")
+    epochs: int = _f(20, "training epochs", "optimisation", metavar="N")
     batch_size: int = _f(64, "global batch size (split across torchrun processes)", "optimisation", metavar="N")
     eval_batch_size: int = _f(512, "batch size for validation and test", "optimisation", metavar="N", runtime=True)
     optimizer: str = _f("sgd", "sgd (momentum), adam or adamw", "optimisation", choices=OPTIMIZERS)
@@ -105,7 +105,9 @@ class TrainConfig:
     device: str = _f("auto", "auto (cuda when available), cpu, cuda, cuda:N (under torchrun: each process's local GPU)",
                      "system", runtime=True)
     amp: str = _f("off", "mixed precision: off (float32), bf16 or fp16 autocast", "system", choices=AMPS)
-    threads: int = _f(0, "CPU threads per process (0 = torch's default)", "system", metavar="N", runtime=True)
+    threads: int = _f(0, "CPU threads per process; 0 = auto: 1 for digits (its small layers gain nothing from more, "
+                      "and lose much on a busy machine), torch's default otherwise", "system", metavar="N",
+                      runtime=True)
     seed: int = _f(0, "random seed (weights, masks, data order, augmentation, dropout)", "system", metavar="S")
     out: str | None = _f(None, "run directory (default: runs/<dataset>-<model>-<method>-d<final density>-s<seed>)",
                          "system", metavar="DIR", runtime=True)

@@ -95,6 +95,22 @@ def make_engine(model, optimizer, cfg: TrainConfig, iters_per_epoch: int):
         raise ConfigError(f"the GraNet engine rejected the configuration: {' '.join(str(error).split())}") from None
 
 
+def _check_schedule(granet, cfg: TrainConfig, iters: int, log) -> None:
+    """Stop when no pruning event fits the schedule; say so when it ends off the target density."""
+    if cfg.method not in ("granet", "gmp") or cfg.init_density == cfg.final_density:
+        return
+    end = float(granet.density_at(cfg.epochs * iters))
+    window = (cfg.resolved_final_prune_epoch - cfg.init_prune_epoch) * iters
+    if end >= cfg.init_density:
+        raise ConfigError(f"no pruning event fits: --update-frequency {cfg.update_frequency} steps is longer than "
+                          f"the pruning window ({window:g} steps: epochs {cfg.init_prune_epoch:g} to "
+                          f"{cfg.resolved_final_prune_epoch:g} x {iters} steps); lower --update-frequency or widen "
+                          "--init-prune-epoch/--final-prune-epoch")
+    if end - cfg.final_density > 0.005:
+        log(f"note: the pruning schedule ends at density {end:.4f}, not {cfg.final_density:g} (the cubic schedule "
+            f"stops one event before --final-prune-epoch); a lower --update-frequency gets closer")
+
+
 def engine_report(granet) -> dict:
     try:
         return dict(granet.report())
@@ -165,8 +181,9 @@ def _run(cfg: TrainConfig, resume_state, info: D.DistInfo, device: torch.device)
         for stale in ("train.log", "metrics.csv", "metrics.json", "summary.json"):
             with contextlib.suppress(OSError):
                 os.unlink(os.path.join(out, stale))
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
+    threads = cfg.threads or (1 if cfg.dataset == "digits" else 0)
+    if threads:
+        torch.set_num_threads(threads)
     autocast = _autocast_factory(cfg, device)
 
     data = build_data(cfg, info.rank, info.world_size)
@@ -178,6 +195,8 @@ def _run(cfg: TrainConfig, resume_state, info: D.DistInfo, device: torch.device)
     model = model.to(device)
     optimizer = make_optimizer(model, cfg)
     granet = make_engine(model, optimizer, cfg, iters) if cfg.sparse else None
+    if granet is not None:
+        _check_schedule(granet, cfg, iters, log)
     scaler = torch.amp.GradScaler(device.type) if cfg.amp == "fp16" else None
 
     start_epoch, step, history, elapsed_before = 0, 0, [], 0.0

@@ -105,6 +105,7 @@ BAD = [
     (["--config", "/nonexistent/x.yaml"], "config file '/nonexistent/x.yaml' not found"),
     (["--lr-milestones", "5,500", "--lr-schedule", "step"], "--lr-milestones must be epochs"),
     (["--device", "tpu"], "unknown device 'tpu'"),
+    (["--epochs", "2", "--update-frequency", "500"], "no pruning event fits"),
 ]
 
 

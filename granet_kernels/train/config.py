@@ -104,7 +104,9 @@ class TrainConfig:
     # --- system -----------------------------------------------------------------------------------
     device: str = _f("auto", "auto (cuda when available), cpu, cuda, cuda:N (under torchrun: each process's local GPU)",
                      "system", runtime=True)
-    amp: str = _f("off", "mixed precision: off (float32), bf16 or fp16 autocast", "system", choices=AMPS)
+    amp: str = _f("off", "mixed precision: off (float32), bf16 or fp16 autocast (fp16 with a gradient scaler, GPU "
+                  "only); --method dense only for now (the sparse modules do not take autocast inputs yet)",
+                  "system", choices=AMPS)
     threads: int = _f(0, "CPU threads per process; 0 = auto: 1 for digits (its small layers gain nothing from more, "
                       "and lose much on a busy machine), torch's default otherwise", "system", metavar="N",
                       runtime=True)
@@ -207,6 +209,9 @@ class TrainConfig:
             raise ConfigError(f"--val-size must be > 0 (a count, or a fraction < 1), got {self.val_size!r}")
         if self.layout == "bsr" and self.resolved_model != "mlp":
             raise ConfigError("--layout bsr is available for linear layers only; use it with --model mlp or pick auto")
+        if self.amp != "off" and self.method != "dense":
+            raise ConfigError(f"--amp {self.amp} works with --method dense only for now: the sparse modules take "
+                              "inputs in their weights' dtype (no autocast yet); use --amp off")
         if self.amp == "fp16" and self.device == "cpu":
             raise ConfigError("--amp fp16 needs a GPU; use --amp bf16 on the CPU")
         dev = self.device

@@ -102,9 +102,10 @@ def _check_schedule(granet, cfg: TrainConfig, iters: int, log) -> None:
     end = float(granet.density_at(cfg.epochs * iters))
     window = (cfg.resolved_final_prune_epoch - cfg.init_prune_epoch) * iters
     if end >= cfg.init_density:
-        raise ConfigError(f"no pruning event fits: --update-frequency {cfg.update_frequency} steps is longer than "
-                          f"the pruning window ({window:g} steps: epochs {cfg.init_prune_epoch:g} to "
-                          f"{cfg.resolved_final_prune_epoch:g} x {iters} steps); lower --update-frequency or widen "
+        raise ConfigError(f"no pruning event fits the schedule: events come every --update-frequency "
+                          f"{cfg.update_frequency} steps and the pruning window, epochs {cfg.init_prune_epoch:g} to "
+                          f"{cfg.resolved_final_prune_epoch:g} at {iters} steps each ({window:g} steps), holds none "
+                          "(the last event before tf is not a pruning one); lower --update-frequency or widen "
                           "--init-prune-epoch/--final-prune-epoch")
     if end - cfg.final_density > 0.005:
         log(f"note: the pruning schedule ends at density {end:.4f}, not {cfg.final_density:g} (the cubic schedule "

@@ -8,7 +8,7 @@ import pytest
 from granet_kernels.train import cli
 from granet_kernels.train.config import PRESETS, ConfigError, TrainConfig, preset_values
 
-from conftest import run_cli
+from train_testing import run_cli
 
 
 def resolve(*argv):
@@ -106,6 +106,7 @@ BAD = [
     (["--lr-milestones", "5,500", "--lr-schedule", "step"], "--lr-milestones must be epochs"),
     (["--device", "tpu"], "unknown device 'tpu'"),
     (["--epochs", "2", "--update-frequency", "500"], "no pruning event fits"),
+    (["--amp", "bf16"], "--amp bf16 works with --method dense only"),
 ]
 
 

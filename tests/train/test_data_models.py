@@ -11,7 +11,7 @@ from granet_kernels.train.data import build_data, load_digits_splits, random_cro
 from granet_kernels.train.loop import lr_at
 from granet_kernels.train.models import MLP, VGG19, ResNet50, SmallCNN, build_model
 
-from conftest import write_cifar
+from train_testing import write_cifar
 
 
 def test_digits_split_is_fixed_disjoint_and_complete():
@@ -138,3 +138,35 @@ def test_learning_rate_schedules():
     step = TrainConfig(epochs=10, lr=0.1, lr_schedule="step", lr_milestones=[4, 8], lr_gamma=0.1)
     assert [round(lr_at(e * L, step, L), 6) for e in (0, 3, 4, 7, 8, 9)] == [0.1, 0.1, 0.01, 0.01, 0.001, 0.001]
     assert lr_at(55, TrainConfig(epochs=10, lr_schedule="constant", lr=0.3), L) == 0.3
+
+
+def test_imagenet_folder_checks(tmp_path):
+    from granet_kernels.train.data import check_data
+    cfg = TrainConfig(dataset="imagenet", data_dir=str(tmp_path))
+    with pytest.raises(ConfigError, match="train/<class>"):
+        check_data(cfg)
+    for split in ("train", "val"):
+        (tmp_path / split / "n01440764").mkdir(parents=True)
+    try:
+        import torchvision  # noqa: F401
+    except ImportError:
+        with pytest.raises(ConfigError, match="needs torchvision"):
+            check_data(cfg)
+    else:
+        check_data(cfg)
+
+
+@pytest.mark.skipif(not __import__("train_testing").engine_available(), reason="no GraNet engine yet")
+@pytest.mark.parametrize("name", ["vgg19", "resnet50"])
+def test_the_engine_converts_every_layer_the_paper_prunes(name):
+    from granet_kernels import GraNet, GraNetConfig
+    from granet_kernels.nn import sparse_modules
+    model = build_model(name, "cifar10", 10, (3, 32, 32))
+    expected = [n for n, _ in prunable_layers(model)]
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    engine = GraNet(model, opt, GraNetConfig(init_density=0.5, final_density=0.05, iters_per_epoch=10,
+                                             total_epochs=2, final_prune_epoch=1, update_frequency=5))
+    assert [n for n, _ in sparse_modules(model)] == expected
+    assert len(expected) == (17 if name == "vgg19" else 54)
+    assert engine.report()["global_density"] == pytest.approx(0.5, abs=1e-3)
+    assert not any(isinstance(m, (torch.nn.Linear, torch.nn.Conv2d)) for m in model.modules())

@@ -15,7 +15,7 @@ import torch
 from granet_kernels.train import cli
 from granet_kernels.train.checkpoint import save_checkpoint
 
-from conftest import REPO, cli_env, engine_available, needs_engine, run_cli, write_cifar
+from train_testing import REPO, cli_env, engine_available, needs_engine, run_cli, write_cifar
 
 SUMMARY_KEYS = ("val_accuracy", "test_accuracy", "final_density", "train_flops_x_dense", "inference_flops_x_dense",
                 "step_time_x_dense")
@@ -147,3 +147,15 @@ def test_cifar_run_from_the_pickle_format(tmp_path, capsys):
     assert code == 0, capsys.readouterr().err
     summary = json.loads((out / "summary.json").read_text())
     assert summary["dataset"] == "cifar10" and summary["steps"] == 2 * 4
+
+
+def test_resuming_a_finished_run_only_reports(tmp_path, capsys):
+    out = tmp_path / "done"
+    args = ["--method", "dense", "--epochs", "1", "--mlp-hidden", "32", "--out", str(out), "--no-plots", *QUICK]
+    assert cli.main(args) == 0
+    first = json.loads((out / "summary.json").read_text())
+    capsys.readouterr()
+    assert cli.main(args + ["--resume"]) == 0
+    again = json.loads((out / "summary.json").read_text())
+    assert again["val_accuracy"] == first["val_accuracy"] and again["steps"] == first["steps"]
+    assert "resumed" in capsys.readouterr().out

@@ -1,4 +1,5 @@
-"""Fixtures of the driver tests: miniature CIFAR copies in the on-disk format, the engine's presence,
+"""Helpers of the driver tests (a uniquely named module, not a conftest.py, so that no other conftest of
+the suite can shadow it): miniature CIFAR copies in the on-disk format, the engine's presence,
 subprocess helpers."""
 
 import os

@@ -56,6 +56,13 @@ bool masked_positions_are_zero_cpu(const at::Tensor& weight, const at::Tensor& m
 // grad[~mask] = 0, in place.
 void zero_masked_cpu(at::Tensor& grad, const at::Tensor& mask);
 
+// Selection (csrc/cpu/selection.cpp); contiguous float16/bfloat16/float32/float64 CPU tensors.
+// The k-th largest |value| over all tensors of the list, as a 0-d tensor of their dtype (NaN counts
+// as the largest magnitude; -0 and +0 are equal).
+at::Tensor topk_threshold_cpu(at::TensorList tensors, int64_t k);
+// Flat int64 indices, ascending, of the k largest |score| where mask is false; ties to the lower index.
+at::Tensor regrow_cpu(const at::Tensor& mask, const at::Tensor& score, int64_t k);
+
 #ifdef GRANET_WITH_CUDA
 // --- CUDA (csrc/cuda) ---
 at::Tensor csr_spmm_cuda(const at::Tensor& crow, const at::Tensor& col, const at::Tensor& values, const at::Tensor& x);

@@ -68,6 +68,8 @@ TORCH_LIBRARY(granet, m) {
         "int[2] kernel_size, int[2] stride, int[2] padding, int[2] dilation) -> Tensor");
   m.def("_native_sparse_conv2d_backward(Tensor grad_output, Tensor input, Tensor crow_indices, Tensor col_indices, "
         "Tensor values, int[2] kernel_size, int[2] stride, int[2] padding, int[2] dilation) -> (Tensor, Tensor)");
+  m.def("_native_topk_threshold(Tensor[] tensors, int k) -> Tensor");
+  m.def("_native_regrow(Tensor mask, Tensor score, int k) -> Tensor");
 }
 
 TORCH_LIBRARY_IMPL(granet, CPU, m) {
@@ -84,6 +86,15 @@ TORCH_LIBRARY_IMPL(granet, CPU, m) {
   m.impl("_native_sparse_conv2d_dx", &granet::sparse_conv2d_dx_cpu);
   m.impl("_native_sparse_conv2d_dw", &granet::sparse_conv2d_dw_cpu);
   m.impl("_native_sparse_conv2d_backward", &granet::sparse_conv2d_backward_cpu);
+  m.impl("_native_topk_threshold", &granet::topk_threshold_cpu);
+  m.impl("_native_regrow", &granet::regrow_cpu);
+}
+
+// An empty tensor list has no dispatch key: the dispatcher sends it here (Undefined resolves to
+// CompositeExplicitAutograd), and the CPU kernel's checks name the argument. Non-CPU tensors land
+// here too and get the same checks.
+TORCH_LIBRARY_IMPL(granet, CompositeExplicitAutograd, m) {
+  m.impl("_native_topk_threshold", &granet::topk_threshold_cpu);
 }
 
 #ifdef GRANET_WITH_CUDA

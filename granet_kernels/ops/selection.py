@@ -8,7 +8,21 @@ import torch
 
 from granet_kernels.ops import _checks as C
 from granet_kernels.ops import reference
-from granet_kernels.ops._registry import register_op
+from granet_kernels.ops._registry import Kernel, register_op
+
+# The native CPU kernels (csrc/cpu/selection.cpp): radix select on the magnitudes' bit patterns, two
+# passes over the data, no concatenation. They take contiguous tensors: the wrappers below make
+# non-contiguous ones contiguous (a copy) first. NaN counts as the largest magnitude, as in the
+# reference (torch.kthvalue / torch.sort order NaN last).
+NATIVE_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+
+def _native_topk_threshold(tensors, k):
+    return torch.ops.granet._native_topk_threshold([t.contiguous() for t in tensors], k)
+
+
+def _native_regrow(mask, score, k):
+    return torch.ops.granet._native_regrow(mask.contiguous(), score.contiguous(), k)
 
 
 def _check_topk(tensors, k):
@@ -33,6 +47,7 @@ topk_threshold_def = register_op(
     # Selection does no multiply-adds; its work is one comparison per element.
     flops=lambda tensors, k: sum(t.numel() for t in tensors),
     dtype_of=lambda tensors, k: tensors[0].dtype,
+    kernels={"cpu": Kernel(_native_topk_threshold, NATIVE_DTYPES)},
 )
 
 
@@ -72,6 +87,8 @@ regrow_def = register_op(
     reference=reference.regrow,
     fake_output=lambda mask, score, k: mask.new_empty(k, dtype=torch.int64),
     flops=lambda mask, score, k: mask.numel(),
+    dtype_of=lambda mask, score, k: score.dtype,
+    kernels={"cpu": Kernel(_native_regrow, NATIVE_DTYPES)},
 )
 
 

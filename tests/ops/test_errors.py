@@ -437,10 +437,32 @@ def test_native_masked_helpers_reject_bad_input():
     assert torch.ops.granet._native_masked_positions_are_zero(g.t(), mask.t())
 
 
+# Native ops without a compressed index: their own checks (k range, dtypes, contiguity).
+_strided = lambda t: t.t().contiguous().t()  # noqa: E731  (same values, not contiguous)
+NATIVE_SELECTION_CASES = {
+    "_native_topk_threshold": [
+        ("k-past-total", edit(a1=lambda k: 23), ValueError, "k"),
+        ("k-0", edit(a1=lambda k: 0), ValueError, "k"),
+        ("mixed-dtypes", edit(a0=lambda ts: [ts[0], ts[1].double()]), TypeError, "tensors"),
+        ("int-tensor", edit(a0=lambda ts: [ts[0].to(torch.int32), ts[1]]), TypeError, "tensors"),
+        ("strided", edit(a0=lambda ts: [ts[0], _strided(ts[1])]), ValueError, "tensors"),
+    ],
+    "_native_regrow": [
+        ("k-over-inactive", edit(a2=lambda k: 17), ValueError, "k"),
+        ("k-negative", edit(a2=lambda k: -1), ValueError, "k"),
+        ("mask-uint8", edit(a0=lambda t: t.to(torch.uint8)), TypeError, "mask"),
+        ("score-strided", edit(a1=_strided), ValueError, "score"),
+        ("score-wrong-shape", edit(a1=lambda t: t[:, :5].contiguous()), ValueError, "score"),
+    ],
+}
+
+
 def _native_cases():
     cases = []
     for native in NATIVE_OPS:
         public = native[len("_native_"):]
+        for cid, mutate, exc, name in NATIVE_SELECTION_CASES.get(native, []):
+            cases.append(pytest.param(native, public, mutate, exc, name, id=f"{native}-{cid}"))
         if public not in COMPRESSED:
             continue
         ptr, idx, bound, ptr_name, idx_name = COMPRESSED[public]

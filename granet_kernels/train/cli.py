@@ -81,8 +81,6 @@ def resolve(argv=None) -> tuple[TrainConfig, dict | None, argparse.Namespace]:
     """Parse the command line into a validated TrainConfig (and the checkpoint to resume from)."""
     args = build_parser().parse_args(argv)
     given = {k: v for k, v in vars(args).items() if k not in ("config", "list_presets", "print_config")}
-    if getattr(args, "list_presets", False) or getattr(args, "print_config", False):
-        pass
     file_values = load_config_file(args.config) if getattr(args, "config", None) else {}
     cli_values = {k: coerce(k, v, "command line") for k, v in given.items()}
     preset = cli_values.get("preset", file_values.get("preset"))

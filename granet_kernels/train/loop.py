@@ -355,7 +355,8 @@ def _run(cfg: TrainConfig, resume_state, info: D.DistInfo, device: torch.device)
             trace = density_trace + [(step, density_trace[-1][1])]
             from granet_kernels.train.plots import write_plots
             write_plots(out, history, trace, schedule, layer_d, title)
-        print(R.format_table(summary), flush=True)
+        log(R.format_table(summary))
+        sys.stdout.flush()
     if cfg.save_rank_masks:  # for checking that the processes of a distributed run agree
         masks = {name: m.mask.cpu() for name, m in R.sparse_modules(model)}
         state = {k: v.cpu() for k, v in model.state_dict().items()}

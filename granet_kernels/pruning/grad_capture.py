@@ -32,17 +32,29 @@ class DenseGradCapture:
     def _hook(self, name: str):
         def forward_hook(module, inputs, output):
             if not self.enabled or not torch.is_grad_enabled() or not output.requires_grad:
-                return
-            x = inputs[0].detach()
-
-            def on_grad(grad_output):
-                dense = _dense_weight_grad(module, x, grad_output.detach())
-                previous = self.grads.get(name)
-                self.grads[name] = dense if previous is None else previous + dense
-
-            output.register_hook(on_grad)
+                return None
+            # The output goes through an identity whose backward sees dL/dy. It returns a copy, so
+            # an in-place op on the layer's output (ReLU(inplace=True)) leaves the capture intact;
+            # the copy is made at event steps only.
+            return _Capture.apply(output, inputs[0].detach(), module, self, name)
 
         return forward_hook
+
+    def add(self, name: str, grad: torch.Tensor) -> None:
+        previous = self.grads.get(name)
+        self.grads[name] = grad if previous is None else previous + grad
+
+
+class _Capture(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, output, x, module, capture, name):
+        ctx.x, ctx.module, ctx.capture, ctx.name = x, module, capture, name
+        return output.clone()
+
+    @staticmethod
+    def backward(ctx, grad_output):
+        ctx.capture.add(ctx.name, _dense_weight_grad(ctx.module, ctx.x, grad_output.detach()))
+        return grad_output, None, None, None, None
 
 
 def _dense_weight_grad(module: nn.Module, x: torch.Tensor, dy: torch.Tensor) -> torch.Tensor:

@@ -313,3 +313,20 @@ def test_graph_kept_alive_across_an_event(layout):
         opt.step()
         g.step()
     assert g.events == 2
+
+
+def test_dense_gradient_captured_through_inplace_ops():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(20, 48), nn.ReLU(inplace=True), nn.Linear(48, 5))
+    opt = make_opt(model)
+    g = GraNet(model, opt, config(layout="csr"))
+    for step in range(1, 4):
+        x, y = batch(model, seed=step)
+        if step == 3:
+            dense = gk.densify_(copy.deepcopy(model))
+            nn.functional.cross_entropy(dense(x), y).backward()
+        train_step(model, opt, (x, y))
+        if step == 3:
+            for n in g.layers:
+                torch.testing.assert_close(g.capture.grads[n], dict(dense.named_modules())[n].weight.grad)
+        g.step()

@@ -10,10 +10,10 @@ from __future__ import annotations
 import torch
 
 # Training-step crossovers on the CPU (fp32, 1 thread; AMD EPYC Zen 3, see BENCHMARKS.md): CSR is
-# used strictly below these densities. Linear: CSR measured 1.6-1.8x dense at 0.1, 0.2 not yet
-# measured, so masked from 0.15 up. Conv: CSR measured 1.44x dense at 0.5 (3x3, 256 channels)
-# and 1.63x (1x1, 1024->256), the highest density measured.
-CPU_CSR_MAX_DENSITY = {"linear": 0.15, "conv": 0.5}
+# used strictly below these densities. Linear (W 4096^2 and 1024^2, batch 256, 2026-11-25 14:03):
+# CSR 1.11x / 1.23x dense at 0.3, 0.42x / 0.53x at 0.5, so masked from 0.3 up. Conv: CSR measured
+# 1.44x dense at 0.5 (3x3, 256 channels) and 1.63x (1x1, 1024->256), the highest density measured.
+CPU_CSR_MAX_DENSITY = {"linear": 0.3, "conv": 0.5}
 
 
 def choose_layout(kind: str, density: float, device: torch.device, dtype: torch.dtype) -> str:

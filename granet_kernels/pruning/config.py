@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import math
 from dataclasses import dataclass
 
 METHODS = ("granet", "gmp", "rigl", "set", "static")
@@ -96,7 +95,10 @@ class GraNetConfig:
             raise ValueError(f"growth must be one of {', '.join(GROWTH)}, got {self.growth!r}")
         if self.layout not in ("auto", "masked", "csr", "bsr"):
             raise ValueError(f"layout must be one of auto, masked, csr, bsr, got {self.layout!r}")
-        if not math.isfinite(float(self.seed)):
+        if self.total_steps < 1:
+            raise ValueError(f"total_epochs * iters_per_epoch must be at least one step, got "
+                             f"{self.total_epochs} * {self.iters_per_epoch}")
+        if not isinstance(self.seed, int) or isinstance(self.seed, bool):
             raise ValueError(f"seed must be an integer, got {self.seed!r}")
 
     @property

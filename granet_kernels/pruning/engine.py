@@ -186,7 +186,6 @@ class GraNet:
         return out
 
     def _drop_and_regrow(self, step: int, scores, masks):
-        c = self.config
         rate = self.schedule.prune_rate_at(step)
         growth_scores = self._growth_scores(step)
         new, after_drop = {}, {}

@@ -63,6 +63,8 @@ def test_late_start_and_methods():
     (dict(growth="momentum"), "growth"),
     (dict(layout="coo"), "layout"),
     (dict(total_epochs=0), "total_epochs"),
+    (dict(total_epochs=0.5, iters_per_epoch=1), "at least one step"),
+    (dict(seed=1.5), "seed"),
 ])
 def test_bad_config_names_the_field(bad, match):
     with pytest.raises(ValueError, match=match):

@@ -120,8 +120,7 @@ def main(argv=None):
             fi = f"{r['fraction_of_ideal']:.2f}" if r["fraction_of_ideal"] is not None else ""
             print(f"{d:>5} {r['impl']:>11} {r['part']:>8} {r['ms']:9.2f} {r['speedup_vs_dense']:8.2f} {fi:>8}",
                   flush=True)
-    out = args.out or os.path.join(os.path.dirname(os.path.abspath(__file__)), "results",
-                                   f"bsr_{common.slug(env['device'])}.json")
+    out = args.out or common.default_result_path("bsr", env)
     common.write_json(out, {"benchmark": "bsr", "dtype": "float32", "env": env, "cpu_isa": isa, "rows": rows})
 
 

@@ -158,8 +158,7 @@ def main(argv=None):
             new = measure(name, densities, t, repeats)
             print_rows(new)
             rows += new
-    out = args.out or os.path.join(os.path.dirname(os.path.abspath(__file__)), "results",
-                                   f"conv_{common.slug(env['device'])}.json")
+    out = args.out or common.default_result_path("conv", env)
     common.write_json(out, {"benchmark": "conv", "dtype": "float32", "env": env, "cpu_isa": isa,
                             "loadavg": os.getloadavg(), "rows": rows})
 

@@ -82,8 +82,7 @@ def main() -> None:
         print(f"| {method} | {100 * vm:.2f} ± {100 * vs:.2f} | {100 * tm:.2f} ± {100 * ts:.2f} | {dm:.4f} | {fm:.3f} | {im:.3f} |")
 
     env = common.environment()
-    out = args.out or os.path.join(os.path.dirname(os.path.abspath(__file__)), "results",
-                                   f"digits_{common.slug(env['device'])}.json")
+    out = args.out or common.default_result_path("digits", env)
     common.write_json(out, {"benchmark": "digits", "env": env, "args": vars(args), "runs": rows, "table": table})
 
 if __name__ == "__main__":

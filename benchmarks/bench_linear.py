@@ -112,8 +112,7 @@ def main(argv=None):
                     fi = f"{r['fraction_of_ideal']:.2f}" if r["fraction_of_ideal"] else ""
                     print(f"{r['shape']:>10} {batch:>5} {d:>5} {threads_n:>3} {r['impl']:>13} {r['part']:>8} "
                           f"{r['ms']:9.2f} {sp:>8} {fi:>8}", flush=True)
-    out = args.out or os.path.join(os.path.dirname(os.path.abspath(__file__)), "results",
-                                   f"linear_{common.slug(env['device'])}.json")
+    out = args.out or common.default_result_path("linear", env)
     common.write_json(out, {"benchmark": "linear", "dtype": "float32", "env": env,
                             "cpu_isa": gk.build_info()["cpu_isa"], "rows": rows})
 

@@ -143,8 +143,7 @@ def main(argv=None):
         rows.append({"op": "regrow", "case": "512x512x3x3", **info, "impl": impl, "ms": t,
                      "speedup_vs_torch_topk": speedup})
         print(f"{case:>34} {impl:>11} {t:9.2f} {speedup:12.1f}", flush=True)
-    out = args.out or os.path.join(os.path.dirname(os.path.abspath(__file__)), "results",
-                                   f"topk_{common.slug(env['device'])}.json")
+    out = args.out or common.default_result_path("topk", env)
     common.write_json(out, {"benchmark": "topk", "dtype": "float32", "env": env, "cpu_isa": isa,
                             "load_average": os.getloadavg(), "rows": rows})
 

@@ -75,5 +75,10 @@ def write_json(path: str, payload: dict) -> None:
     print(f"wrote {path}")
 
 
+def default_result_path(name: str, env: dict) -> str:
+    """benchmarks/results/<name>_<device slug>.json, where every benchmark writes by default."""
+    return os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", f"{name}_{slug(env['device'])}.json")
+
+
 def slug(text: str) -> str:
     return "".join(c if c.isalnum() else "_" for c in text).strip("_").lower()[:40]

@@ -9,6 +9,7 @@
 #endif
 
 #include "cpu/isa.h"
+#include "cpu/output_pool.h"
 #include "cpu/workspace.h"
 #include "granet.h"
 
@@ -57,10 +58,7 @@ bool fast_in_range(const at::Tensor& idx, int64_t bound) {
   // Negative entries wrap to >= 2^31 >= b.
   const uint32_t b = static_cast<uint32_t>(std::min<int64_t>(std::max<int64_t>(bound, 0), int64_t(1) << 31));
   const uint32_t* p = reinterpret_cast<const uint32_t*>(idx.data_ptr<int32_t>());
-  const int64_t n = idx.numel();
-  uint32_t bad = 0;
-  for (int64_t i = 0; i < n; ++i) bad |= static_cast<uint32_t>(p[i] >= b);
-  return bad == 0;
+  return !GRANET_ISA_CALL(any_at_least, p, idx.numel(), b);
 }
 
 bool fast_compressed_ok(const at::Tensor& ptr, const at::Tensor& idx, int64_t bound) {
@@ -70,9 +68,7 @@ bool fast_compressed_ok(const at::Tensor& ptr, const at::Tensor& idx, int64_t bo
   const int32_t* c = ptr.data_ptr<int32_t>();
   const int64_t rows = ptr.numel() - 1;
   if (c[0] != 0 || c[rows] != idx.numel()) return false;
-  uint32_t bad = 0;
-  for (int64_t i = 0; i < rows; ++i) bad |= static_cast<uint32_t>(c[i] > c[i + 1]);
-  return bad == 0 && fast_in_range(idx, bound);
+  return !GRANET_ISA_CALL(any_decrease, c, rows + 1) && fast_in_range(idx, bound);
 }
 
 void check_compressed(const char* op, const char* ptr_name, const at::Tensor& ptr, const char* idx_name,
@@ -133,7 +129,7 @@ at::Tensor csr_spmm_cpu(const at::Tensor& crow, const at::Tensor& col, const at:
   const at::Tensor c = crow.contiguous(), j = col.contiguous(), values = values_in.contiguous();
   return AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "granet_csr_spmm_cpu", [&] {
     const scalar_t* xp = pack<scalar_t>(x, Scratch::a);
-    at::Tensor y = at::empty({n, m}, x.options());  // written row-major by the kernel
+    at::Tensor y = cpu::empty_output({n, m}, x.options());  // written row-major by the kernel
     GRANET_ISA_CALL(spmm<scalar_t>, c.data_ptr<int32_t>(), j.data_ptr<int32_t>(), values.data_ptr<scalar_t>(), xp,
                     y.data_ptr<scalar_t>(), n, m, k, panel_bytes());
     return y;
@@ -149,7 +145,7 @@ at::Tensor csr_spmm_t_cpu(const at::Tensor& ccol, const at::Tensor& row, const a
   return AT_DISPATCH_FLOATING_TYPES(dy.scalar_type(), "granet_csr_spmm_t_cpu", [&] {
     const scalar_t* w_csc = csc_values<scalar_t>(values, perm);
     const scalar_t* dyp = pack<scalar_t>(dy, Scratch::a);
-    at::Tensor dx = at::empty({n, k}, dy.options());
+    at::Tensor dx = cpu::empty_output({n, k}, dy.options());
     GRANET_ISA_CALL(backward<scalar_t>, cc.data_ptr<int32_t>(), r.data_ptr<int32_t>(), w_csc, dyp, nullptr,
                     dx.data_ptr<scalar_t>(), nullptr, n, m, k, true, false, panel_bytes());
     return dx;
@@ -170,7 +166,7 @@ at::Tensor csr_sddmm_cpu(const at::Tensor& crow, const at::Tensor& col, const at
   check_compressed(op, "crow_indices", crow, "col_indices", col, x.size(1));
   const int64_t n = x.size(0), k = x.size(1), m = dy.size(1);
   const at::Tensor c = crow.contiguous(), j = col.contiguous();
-  at::Tensor dw = at::empty({col.numel()}, x.options());
+  at::Tensor dw = cpu::empty_output({col.numel()}, x.options());
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "granet_csr_sddmm_cpu", [&] {
     const scalar_t* dyp = pack<scalar_t>(dy, Scratch::a);
     const scalar_t* xp = pack<scalar_t>(x, Scratch::b);
@@ -194,13 +190,13 @@ std::tuple<at::Tensor, at::Tensor> csr_linear_backward_cpu(const at::Tensor& cco
                     ccol.numel() - 1, ", got ", x.size(1));
   const int64_t n = dy.size(0), m = dy.size(1), k = x.size(1);
   const at::Tensor cc = ccol.contiguous(), r = row.contiguous(), pc = perm.contiguous();
-  at::Tensor dvalues = at::empty({row.numel()}, dy.options());
+  at::Tensor dvalues = cpu::empty_output({row.numel()}, dy.options());
   at::Tensor dx = AT_DISPATCH_FLOATING_TYPES(dy.scalar_type(), "granet_csr_linear_backward_cpu", [&] {
     const scalar_t* w_csc = csc_values<scalar_t>(values, perm);
     scalar_t* dw_csc = cpu::scratch_of<scalar_t>(Scratch::e, row.numel());
     const scalar_t* dyp = pack<scalar_t>(dy, Scratch::a);
     const scalar_t* xp = pack<scalar_t>(x, Scratch::b);
-    at::Tensor grad_x = at::empty({n, k}, dy.options());
+    at::Tensor grad_x = cpu::empty_output({n, k}, dy.options());
     GRANET_ISA_CALL(backward<scalar_t>, cc.data_ptr<int32_t>(), r.data_ptr<int32_t>(), w_csc, dyp, xp,
                     grad_x.data_ptr<scalar_t>(), dw_csc, n, m, k, true, true, panel_bytes());
     // Gradients go back in CSR order, the order of the values. perm is a checked-in-range

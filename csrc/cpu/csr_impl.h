@@ -457,6 +457,19 @@ inline void sddmm(const int32_t* crow, const int32_t* col, const T* dyp, const T
   GRANET_CSR_PANEL_DISPATCH((csr_sddmm_panels<T, BT>(crow, col, dyp, xp, dw, n, m, k)))
 }
 
+// Branch-free index scans (vectorised under each ISA's target): whether any entry is >= bound as an
+// unsigned number (so negative entries count), and whether a pointer array ever decreases.
+inline bool any_at_least(const uint32_t* p, int64_t n, uint32_t bound) {
+  uint32_t bad = 0;
+  for (int64_t i = 0; i < n; ++i) bad |= static_cast<uint32_t>(p[i] >= bound);
+  return bad != 0;
+}
+inline bool any_decrease(const int32_t* c, int64_t n) {
+  uint32_t bad = 0;
+  for (int64_t i = 0; i + 1 < n; ++i) bad |= static_cast<uint32_t>(c[i] > c[i + 1]);
+  return bad != 0;
+}
+
 #undef GRANET_CSR_PANEL_DISPATCH
 
 }  // namespace GRANET_ISA

@@ -76,10 +76,6 @@ void check_compressed(const char* op, const char* ptr_name, const at::Tensor& pt
   if (!fast_compressed_ok(ptr, idx, bound)) check_compressed_index(op, ptr_name, ptr, idx_name, idx, bound);
 }
 
-void check_range(const char* op, const char* name, const at::Tensor& idx, int64_t bound) {
-  if (!fast_in_range(idx, bound)) check_index_range(op, name, idx, bound);
-}
-
 void check_cpu(const char* op, const at::Tensor& t) {
   TORCH_CHECK_VALUE(t.device().is_cpu(), op, ": the CPU kernel needs CPU tensors, got one on ", t.device());
 }
@@ -97,16 +93,21 @@ void check_csc_args(const char* op, const at::Tensor& ccol, const at::Tensor& ro
                     " does not match dy dtype ", dy.scalar_type());
   TORCH_CHECK_VALUE(perm.numel() == row.numel(), op, ": perm must have as many entries as row_indices");
   check_compressed(op, "ccol_indices", ccol, "row_indices", row, dy.size(1));
-  check_range(op, "perm", perm, values.numel());
+  // perm's entries are range-checked by the gather that reads them (csc_values).
+  if (perm.dim() != 1 || perm.scalar_type() != at::kInt || !perm.device().is_cpu())
+    check_index_range(op, "perm", perm, values.numel());
 }
 
 // Values in CSC slot order, in scratch slot d: one gather per call (reading through perm in the
-// inner loop is slower).
+// inner loop is slower). Raises if an entry of perm is outside [0, nnz).
 template <typename T>
-const T* csc_values(const at::Tensor& values_in, const at::Tensor& perm_in) {
+const T* csc_values(const char* op, const at::Tensor& values_in, const at::Tensor& perm_in) {
   const at::Tensor values = values_in.contiguous(), perm = perm_in.contiguous();
   T* out = cpu::scratch_of<T>(Scratch::d, values.numel());
-  GRANET_ISA_CALL(gather_values<T>, values.data_ptr<T>(), perm.data_ptr<int32_t>(), out, values.numel());
+  if (!GRANET_ISA_CALL(gather_values<T>, values.data_ptr<T>(), perm.data_ptr<int32_t>(), out, values.numel())) {
+    check_index_range(op, "perm", perm, values.numel());  // names the bad entry
+    TORCH_CHECK_INDEX(false, op, ": perm holds an entry outside [0, ", values.numel(), ")");
+  }
   return out;
 }
 
@@ -143,7 +144,7 @@ at::Tensor csr_spmm_t_cpu(const at::Tensor& ccol, const at::Tensor& row, const a
   const int64_t n = dy.size(0), m = dy.size(1), k = ccol.numel() - 1;
   const at::Tensor cc = ccol.contiguous(), r = row.contiguous();
   return AT_DISPATCH_FLOATING_TYPES(dy.scalar_type(), "granet_csr_spmm_t_cpu", [&] {
-    const scalar_t* w_csc = csc_values<scalar_t>(values, perm);
+    const scalar_t* w_csc = csc_values<scalar_t>(op, values, perm);
     const scalar_t* dyp = pack<scalar_t>(dy, Scratch::a);
     at::Tensor dx = cpu::empty_output({n, k}, dy.options());
     GRANET_ISA_CALL(backward<scalar_t>, cc.data_ptr<int32_t>(), r.data_ptr<int32_t>(), w_csc, dyp, nullptr,
@@ -192,7 +193,7 @@ std::tuple<at::Tensor, at::Tensor> csr_linear_backward_cpu(const at::Tensor& cco
   const at::Tensor cc = ccol.contiguous(), r = row.contiguous(), pc = perm.contiguous();
   at::Tensor dvalues = cpu::empty_output({row.numel()}, dy.options());
   at::Tensor dx = AT_DISPATCH_FLOATING_TYPES(dy.scalar_type(), "granet_csr_linear_backward_cpu", [&] {
-    const scalar_t* w_csc = csc_values<scalar_t>(values, perm);
+    const scalar_t* w_csc = csc_values<scalar_t>(op, values, perm);
     scalar_t* dw_csc = cpu::scratch_of<scalar_t>(Scratch::e, row.numel());
     const scalar_t* dyp = pack<scalar_t>(dy, Scratch::a);
     const scalar_t* xp = pack<scalar_t>(x, Scratch::b);

@@ -12,6 +12,15 @@ namespace granet {
 // --- CPU (csrc/cpu) ---
 // y[N, M] = x[N, K] @ W^T, W an M x K CSR matrix (int32 crow/col, values like x).
 at::Tensor csr_spmm_cpu(const at::Tensor& crow, const at::Tensor& col, const at::Tensor& values, const at::Tensor& x);
+// y = x @ W^T + bias with the bias added by the kernel (the CPU kernel of csr_linear).
+at::Tensor csr_linear_cpu(const at::Tensor& x, const at::Tensor& crow, const at::Tensor& col, const at::Tensor& values,
+                          const std::optional<at::Tensor>& bias);
+// csr_linear_backward plus the bias gradient (dy summed over the batch while it is packed).
+std::tuple<at::Tensor, at::Tensor, at::Tensor> csr_linear_backward_bias_cpu(const at::Tensor& ccol,
+                                                                            const at::Tensor& row,
+                                                                            const at::Tensor& perm,
+                                                                            const at::Tensor& values,
+                                                                            const at::Tensor& dy, const at::Tensor& x);
 // dx[N, K] = dy[N, M] @ W through W's CSC index (ccol [K+1], row [nnz], perm [nnz] -> CSR position).
 at::Tensor csr_spmm_t_cpu(const at::Tensor& ccol, const at::Tensor& row, const at::Tensor& perm,
                           const at::Tensor& values, const at::Tensor& dy);

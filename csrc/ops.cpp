@@ -57,6 +57,12 @@ TORCH_LIBRARY(granet, m) {
   m.def("_native_csr_sddmm(Tensor crow_indices, Tensor col_indices, Tensor dy, Tensor x) -> Tensor");
   m.def("_native_csr_linear_backward(Tensor ccol_indices, Tensor row_indices, Tensor perm, Tensor values, "
         "Tensor dy, Tensor x) -> (Tensor, Tensor)");
+  // CPU kernels of csr_linear's forward and backward with the bias fused (added as y is stored;
+  // summed as dy is packed): (x, crow, col, values, bias) and (dx, dvalues, dbias).
+  m.def("_native_csr_linear_bias(Tensor x, Tensor crow_indices, Tensor col_indices, Tensor values, "
+        "Tensor? bias=None) -> Tensor");
+  m.def("_native_csr_linear_backward_bias(Tensor ccol_indices, Tensor row_indices, Tensor perm, Tensor values, "
+        "Tensor dy, Tensor x) -> (Tensor, Tensor, Tensor)");
   m.def("_native_bsr_spmm(Tensor crow_indices, Tensor col_indices, Tensor values, Tensor x) -> Tensor");
   m.def("_native_bsr_spmm_t(Tensor ccol_indices, Tensor row_indices, Tensor perm, Tensor values, Tensor dy) -> Tensor");
   m.def("_native_bsr_sddmm(Tensor crow_indices, Tensor col_indices, Tensor dy, Tensor x, int blocksize) -> Tensor");
@@ -79,6 +85,8 @@ TORCH_LIBRARY_IMPL(granet, CPU, m) {
   m.impl("_native_csr_spmm_t", &granet::csr_spmm_t_cpu);
   m.impl("_native_csr_sddmm", &granet::csr_sddmm_cpu);
   m.impl("_native_csr_linear_backward", &granet::csr_linear_backward_cpu);
+  m.impl("_native_csr_linear_bias", &granet::csr_linear_cpu);
+  m.impl("_native_csr_linear_backward_bias", &granet::csr_linear_backward_bias_cpu);
   m.impl("_native_bsr_spmm", &granet::bsr_spmm_cpu);
   m.impl("_native_bsr_spmm_t", &granet::bsr_spmm_t_cpu);
   m.impl("_native_bsr_sddmm", &granet::bsr_sddmm_cpu);

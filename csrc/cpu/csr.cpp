@@ -40,12 +40,13 @@ int64_t panel_elems(int64_t n, int64_t k) {
 }
 
 // Packs a 2-D operand into batch panels held in scratch slot `slot`.
+// With `sums`, also the per-panel column sums (see pack_panels).
 template <typename T>
-T* pack(const at::Tensor& dense, Scratch slot) {
+T* pack(const at::Tensor& dense, Scratch slot, T* sums = nullptr) {
   const int64_t n = dense.size(0), k = dense.size(1);
   T* panels = cpu::scratch_of<T>(slot, panel_elems<T>(n, k));
   const at::Tensor src = dense.contiguous();
-  GRANET_ISA_CALL(pack<T>, src.data_ptr<T>(), panels, n, k, panel_bytes());
+  GRANET_ISA_CALL(pack<T>, src.data_ptr<T>(), panels, n, k, panel_bytes(), sums);
   return panels;
 }
 
@@ -113,9 +114,11 @@ const T* csc_values(const char* op, const at::Tensor& values_in, const at::Tenso
 
 }  // namespace
 
-at::Tensor csr_spmm_cpu(const at::Tensor& crow, const at::Tensor& col, const at::Tensor& values_in,
-                        const at::Tensor& x) {
-  constexpr const char* op = "granet::csr_spmm";
+namespace {
+
+// y = x @ W^T (+ bias, added by the kernel as it stores y).
+at::Tensor csr_forward(const char* op, const at::Tensor& crow, const at::Tensor& col, const at::Tensor& values_in,
+                       const at::Tensor& x, const std::optional<at::Tensor>& bias_in) {
   // check_csr_spmm_args with the fast index check.
   check_dense(op, "x", x);
   TORCH_CHECK_VALUE(values_in.dim() == 1 && values_in.numel() == col.numel(), op,
@@ -127,14 +130,35 @@ at::Tensor csr_spmm_cpu(const at::Tensor& crow, const at::Tensor& col, const at:
   check_compressed(op, "crow_indices", crow, "col_indices", col, x.size(1));
   check_cpu(op, x);
   const int64_t n = x.size(0), k = x.size(1), m = crow.numel() - 1;
+  at::Tensor bias;
+  if (bias_in.has_value() && bias_in->defined()) {
+    bias = bias_in->contiguous();
+    check_same_device(op, x, {&bias});
+    TORCH_CHECK_VALUE(bias.dim() == 1 && bias.size(0) == m, op, ": bias must be 1-D with ", m,
+                      " entries (the rows of the weight), got shape ", bias.sizes());
+    TORCH_CHECK_VALUE(bias.scalar_type() == x.scalar_type(), op, ": bias dtype ", bias.scalar_type(),
+                      " does not match x dtype ", x.scalar_type());
+  }
   const at::Tensor c = crow.contiguous(), j = col.contiguous(), values = values_in.contiguous();
   return AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "granet_csr_spmm_cpu", [&] {
     const scalar_t* xp = pack<scalar_t>(x, Scratch::a);
     at::Tensor y = cpu::empty_output({n, m}, x.options());  // written row-major by the kernel
-    GRANET_ISA_CALL(spmm<scalar_t>, c.data_ptr<int32_t>(), j.data_ptr<int32_t>(), values.data_ptr<scalar_t>(), xp,
-                    y.data_ptr<scalar_t>(), n, m, k, panel_bytes());
+    GRANET_ISA_CALL(spmm<scalar_t>, c.data_ptr<int32_t>(), j.data_ptr<int32_t>(), values.data_ptr<scalar_t>(),
+                    bias.defined() ? bias.data_ptr<scalar_t>() : nullptr, xp, y.data_ptr<scalar_t>(), n, m, k,
+                    panel_bytes());
     return y;
   });
+}
+
+}  // namespace
+
+at::Tensor csr_spmm_cpu(const at::Tensor& crow, const at::Tensor& col, const at::Tensor& values, const at::Tensor& x) {
+  return csr_forward("granet::csr_spmm", crow, col, values, x, std::nullopt);
+}
+
+at::Tensor csr_linear_cpu(const at::Tensor& x, const at::Tensor& crow, const at::Tensor& col, const at::Tensor& values,
+                          const std::optional<at::Tensor>& bias) {
+  return csr_forward("granet::csr_linear", crow, col, values, x, bias);
 }
 
 at::Tensor csr_spmm_t_cpu(const at::Tensor& ccol, const at::Tensor& row, const at::Tensor& perm,
@@ -177,10 +201,13 @@ at::Tensor csr_sddmm_cpu(const at::Tensor& crow, const at::Tensor& col, const at
   return dw;
 }
 
-std::tuple<at::Tensor, at::Tensor> csr_linear_backward_cpu(const at::Tensor& ccol, const at::Tensor& row,
-                                                           const at::Tensor& perm, const at::Tensor& values,
-                                                           const at::Tensor& dy, const at::Tensor& x) {
-  constexpr const char* op = "granet::csr_linear_backward";
+namespace {
+
+// (dx, dvalues, dbias): dbias (the column sums of dy) only with `bias_grad`, summed while dy is packed.
+std::tuple<at::Tensor, at::Tensor, at::Tensor> linear_backward(const char* op, const at::Tensor& ccol,
+                                                               const at::Tensor& row, const at::Tensor& perm,
+                                                               const at::Tensor& values, const at::Tensor& dy,
+                                                               const at::Tensor& x, bool bias_grad) {
   check_csc_args(op, ccol, row, perm, values, dy);
   check_dense(op, "x", x);
   check_same_device(op, dy, {&x});
@@ -192,10 +219,14 @@ std::tuple<at::Tensor, at::Tensor> csr_linear_backward_cpu(const at::Tensor& cco
   const int64_t n = dy.size(0), m = dy.size(1), k = x.size(1);
   const at::Tensor cc = ccol.contiguous(), r = row.contiguous(), pc = perm.contiguous();
   at::Tensor dvalues = cpu::empty_output({row.numel()}, dy.options());
+  at::Tensor dbias = bias_grad ? at::empty({m}, dy.options()) : at::Tensor();
   at::Tensor dx = AT_DISPATCH_FLOATING_TYPES(dy.scalar_type(), "granet_csr_linear_backward_cpu", [&] {
     const scalar_t* w_csc = csc_values<scalar_t>(op, values, perm);
     scalar_t* dw_csc = cpu::scratch_of<scalar_t>(Scratch::e, row.numel());
-    const scalar_t* dyp = pack<scalar_t>(dy, Scratch::a);
+    const int64_t bt = panel_bytes() / static_cast<int64_t>(sizeof(scalar_t));
+    const int64_t n_panels = (n + bt - 1) / bt;
+    scalar_t* sums = bias_grad ? cpu::scratch_of<scalar_t>(Scratch::f, n_panels * m) : nullptr;
+    const scalar_t* dyp = pack<scalar_t>(dy, Scratch::a, sums);
     const scalar_t* xp = pack<scalar_t>(x, Scratch::b);
     at::Tensor grad_x = cpu::empty_output({n, k}, dy.options());
     GRANET_ISA_CALL(backward<scalar_t>, cc.data_ptr<int32_t>(), r.data_ptr<int32_t>(), w_csc, dyp, xp,
@@ -204,9 +235,32 @@ std::tuple<at::Tensor, at::Tensor> csr_linear_backward_cpu(const at::Tensor& cco
     // permutation built with the index; dvalues is written at every perm[s].
     if (row.numel() > 0) dvalues.zero_();
     GRANET_ISA_CALL(scatter_values<scalar_t>, dw_csc, pc.data_ptr<int32_t>(), dvalues.data_ptr<scalar_t>(), row.numel());
+    if (bias_grad) {  // panel partial sums, added in panel order: deterministic
+      scalar_t* db = dbias.data_ptr<scalar_t>();
+      for (int64_t i = 0; i < m; ++i) db[i] = n_panels > 0 ? sums[i] : scalar_t(0);
+      for (int64_t p = 1; p < n_panels; ++p)
+        for (int64_t i = 0; i < m; ++i) db[i] += sums[p * m + i];
+    }
     return grad_x;
   });
+  return {dx, dvalues, dbias};
+}
+
+}  // namespace
+
+std::tuple<at::Tensor, at::Tensor> csr_linear_backward_cpu(const at::Tensor& ccol, const at::Tensor& row,
+                                                           const at::Tensor& perm, const at::Tensor& values,
+                                                           const at::Tensor& dy, const at::Tensor& x) {
+  auto [dx, dvalues, unused] = linear_backward("granet::csr_linear_backward", ccol, row, perm, values, dy, x, false);
   return {dx, dvalues};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> csr_linear_backward_bias_cpu(const at::Tensor& ccol,
+                                                                            const at::Tensor& row,
+                                                                            const at::Tensor& perm,
+                                                                            const at::Tensor& values,
+                                                                            const at::Tensor& dy, const at::Tensor& x) {
+  return linear_backward("granet::csr_linear", ccol, row, perm, values, dy, x, true);
 }
 
 }  // namespace granet

@@ -41,9 +41,11 @@ constexpr bool fast_transpose() {
   return Simd<T>::lanes == 8 && BT % 8 == 0;
 }
 
-// x [n][k] (row-major, contiguous) -> panels [ceil(n/BT)][k][BT], zero-filled past n.
+// x [n][k] (row-major, contiguous) -> panels [ceil(n/BT)][k][BT], zero-filled past n. With `sums`,
+// also sums[p * k + j] = the sum of panel p's row j (its batch lanes), taken from L1 right after the
+// row block is written: the bias gradient without another pass over dy.
 template <typename T, int BT>
-void pack_panels(const T* x, T* panels, int64_t n, int64_t k) {
+void pack_panels(const T* x, T* panels, int64_t n, int64_t k, T* sums = nullptr) {
   using S = Simd<T>;
   using vec = typename S::vec;
   const int64_t n_panels = (n + BT - 1) / BT;
@@ -76,6 +78,13 @@ void pack_panels(const T* x, T* panels, int64_t n, int64_t k) {
           for (int64_t j = k0; j < k1; ++j) dst[j * BT + b] = src[j];
         } else {
           for (int64_t j = k0; j < k1; ++j) dst[j * BT + b] = T(0);
+        }
+      }
+      if (sums != nullptr) {
+        for (int64_t j = k0; j < k1; ++j) {
+          vec acc = S::load(dst + j * BT);
+          for (int v = 1; v < BT / S::lanes; ++v) acc += S::load(dst + j * BT + v * S::lanes);
+          sums[p * k + j] = S::hsum(acc);
         }
       }
     }
@@ -161,8 +170,8 @@ constexpr int acc_sets() {
 // Forward: y [n][m] (row-major) = sum over row i's nonzeros of values * x panel rows. The x panel
 // (k x BT) stays in L2; its rows are prefetched kPrefetchAhead nonzeros ahead (across rows).
 template <typename T, int BT>
-void csr_spmm_panels(const int32_t* crow, const int32_t* col, const T* values, const T* xp, T* y, int64_t n,
-                     int64_t m, int64_t k) {
+void csr_spmm_panels(const int32_t* crow, const int32_t* col, const T* values, const T* bias, const T* xp, T* y,
+                     int64_t n, int64_t m, int64_t k) {
   using S = Simd<T>;
   using vec = typename S::vec;
   constexpr int NV = BT / S::lanes;
@@ -199,6 +208,8 @@ void csr_spmm_panels(const int32_t* crow, const int32_t* col, const T* values, c
         }
         for (int u = 1; u < U; ++u)
           for (int v = 0; v < NV; ++v) acc[0][v] += acc[u][v];
+        if (bias != nullptr)
+          for (int v = 0; v < NV; ++v) acc[0][v] += S::splat(bias[i]);
         for (int v = 0; v < NV; ++v) S::store(tile + (i - i0) * BT + v * S::lanes, acc[0][v]);
       }
       store_tile<T, BT>(tile, i_end - i0, y + p * BT * m + i0, m, min_i64(BT, n - p * BT));
@@ -428,17 +439,17 @@ void csr_sddmm_panels(const int32_t* crow, const int32_t* col, const T* dyp, con
   }
 
 template <typename T>
-inline void pack(const T* x, T* panels, int64_t n, int64_t k, int panel_bytes) {
-  GRANET_CSR_PANEL_DISPATCH((pack_panels<T, BT>(x, panels, n, k)))
+inline void pack(const T* x, T* panels, int64_t n, int64_t k, int panel_bytes, T* sums = nullptr) {
+  GRANET_CSR_PANEL_DISPATCH((pack_panels<T, BT>(x, panels, n, k, sums)))
 }
 template <typename T>
 inline void unpack(const T* panels, T* out, int64_t n, int64_t k, int panel_bytes) {
   GRANET_CSR_PANEL_DISPATCH((unpack_panels<T, BT>(panels, out, n, k)))
 }
 template <typename T>
-inline void spmm(const int32_t* crow, const int32_t* col, const T* values, const T* xp, T* y, int64_t n, int64_t m,
-                 int64_t k, int panel_bytes) {
-  GRANET_CSR_PANEL_DISPATCH((csr_spmm_panels<T, BT>(crow, col, values, xp, y, n, m, k)))
+inline void spmm(const int32_t* crow, const int32_t* col, const T* values, const T* bias, const T* xp, T* y, int64_t n,
+                 int64_t m, int64_t k, int panel_bytes) {
+  GRANET_CSR_PANEL_DISPATCH((csr_spmm_panels<T, BT>(crow, col, values, bias, xp, y, n, m, k)))
 }
 template <typename T>
 inline void backward(const int32_t* ccol, const int32_t* row, const T* w_csc, const T* dyp, const T* xp, T* dx,

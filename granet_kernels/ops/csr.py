@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import torch
+from torch.utils.flop_counter import register_flop_formula
 
 from granet_kernels.ops import _checks as C
 from granet_kernels.ops import reference
 from granet_kernels.ops._index import transpose_index
-from granet_kernels.ops._registry import Kernel, register_op
+from granet_kernels.ops._registry import Kernel, register_op, select_backend
 from granet_kernels.ops._autograd import register_linear_autograd, register_not_differentiable
 
 NATIVE_DTYPES = (torch.float32, torch.float64)
@@ -156,8 +157,7 @@ def _linear_reference(x, crow, col, ccol, row, perm, values, bias=None):
 
 
 def _linear_cpu(x, crow, col, ccol, row, perm, values, bias=None):
-    y = torch.ops.granet._native_csr_spmm(crow, col, values, x)
-    return y.add_(bias) if bias is not None else y
+    return torch.ops.granet._native_csr_linear_bias(x, crow, col, values, bias)
 
 
 csr_linear_def = register_op(
@@ -188,10 +188,34 @@ def _spmm_backward(saved, grad, needs, hint=None):
 register_linear_autograd(csr_spmm_def, _spmm_backward)
 
 
+# The CPU kernel of the training step's backward with the bias gradient fused (summed while dy is
+# packed, not in another pass over dy); called from the autograd formula, so it has a fake impl.
+torch.library.register_fake("granet::_native_csr_linear_backward_bias")(
+    lambda ccol, row, perm, values, dy, x: (x.new_empty(x.shape), x.new_empty(row.shape[0]), dy.new_empty(dy.shape[1]))
+)
+
+
+register_flop_formula(torch.ops.granet._native_csr_linear_backward_bias, get_raw=True)(
+    lambda ccol, row, perm, values, dy, x, *args, out_val=None, **kwargs: 4 * row.numel() * x.shape[0]
+)
+
+
+def _fused_bias_backward(grad, x, bias, needs) -> bool:
+    return (
+        needs[0] and needs[6] and bias is not None and needs[7]
+        and select_backend(csr_linear_backward_def, (grad, x)) == "cpu"
+    )
+
+
 def _linear_backward(saved, grad, needs, hint=None):
     x, crow, col, ccol, row, perm, values, bias = saved
     need_x, need_values = needs[0], needs[6]
     grad_x = grad_values = None
+    if _fused_bias_backward(grad, x, bias, needs):
+        grad_x, grad_values, grad_bias = torch.ops.granet._native_csr_linear_backward_bias(
+            ccol, row, perm, values, grad, x
+        )
+        return grad_x, None, None, None, None, None, grad_values, grad_bias
     if need_x and need_values:
         grad_x, grad_values = torch.ops.granet.csr_linear_backward(ccol, row, perm, values, grad, x)
     elif need_values:

@@ -1,0 +1,98 @@
+"""The CPU kernels of csr_linear with the bias fused: the forward adds it as y is stored, the backward
+sums dy over the batch while packing it. Checked against the pure-torch reference on awkward shapes,
+and their own argument checks (they are called directly from the autograd formula)."""
+
+import pytest
+import torch
+
+import granet_kernels as gk
+from granet_kernels.ops import reference
+from granet_kernels.ops._index import transpose_index
+from granet_kernels.ops.samples import random_csr
+
+SHAPES = [  # (batch, out, in, density, empty_rows, empty_cols)
+    (1, 7, 5, 0.5, 0, 0),
+    (33, 40, 29, 0.2, 3, 4),
+    (70, 64, 96, 0.1, 0, 0),
+    (5, 9, 11, 0.0, 0, 0),  # all-zero mask: y = bias, dbias = dy summed
+    (0, 6, 4, 0.5, 0, 0),  # empty batch
+]
+
+
+def _operands(batch, out, inp, density, empty_rows, empty_cols, dtype, seed):
+    g = torch.Generator().manual_seed(seed)
+    crow, col, values = random_csr(out, inp, density, gen=g, dtype=dtype, empty_rows=empty_rows, empty_cols=empty_cols)
+    x = torch.randn(batch, inp, generator=g, dtype=dtype)
+    bias = torch.randn(out, generator=g, dtype=dtype)
+    dy = torch.randn(batch, out, generator=g, dtype=dtype)
+    return crow, col, values, x, bias, dy
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("shape", SHAPES)
+def test_fused_forward_and_backward_match_reference(shape, dtype, seed):
+    crow, col, values, x, bias, dy = _operands(*shape, dtype, seed)
+    tol = dict(rtol=1e-5, atol=1e-5) if dtype == torch.float32 else dict(rtol=1e-12, atol=1e-12)
+    y = torch.ops.granet._native_csr_linear_bias(x, crow, col, values, bias)
+    torch.testing.assert_close(y, reference.csr_spmm(crow, col, values, x) + bias, **tol)
+    torch.testing.assert_close(torch.ops.granet._native_csr_linear_bias(x, crow, col, values, None),
+                               reference.csr_spmm(crow, col, values, x), **tol)
+    ccol, row, perm = transpose_index(crow, col, x.shape[1])
+    dx, dvalues, dbias = torch.ops.granet._native_csr_linear_backward_bias(ccol, row, perm, values, dy, x)
+    ref_dx, ref_dvalues = reference.csr_linear_backward(ccol, row, perm, values, dy, x)
+    torch.testing.assert_close(dx, ref_dx, **tol)
+    torch.testing.assert_close(dvalues, ref_dvalues, **tol)
+    torch.testing.assert_close(dbias, dy.sum(0), **tol)
+
+
+def test_sparse_linear_training_step_uses_the_fused_path_and_matches_dense():
+    torch.manual_seed(0)
+    layer = gk.SparseLinear(37, 45, density=0.2, layout="csr")
+    x = torch.randn(50, 37, requires_grad=True)
+    dy = torch.randn(50, 45)
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        layer(x).backward(dy)
+    ran = {e.key for e in prof.key_averages()}
+    assert {"granet::_native_csr_linear_bias", "granet::_native_csr_linear_backward_bias"} <= ran, ran
+    dense = layer.to_dense()
+    xd = x.detach().clone().requires_grad_()
+    dense(xd).backward(dy)
+    torch.testing.assert_close(x.grad, xd.grad, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(layer.bias.grad, dense.bias.grad, rtol=1e-5, atol=1e-5)
+    # the sparse weight's gradient: the dense one at the mask's positions, in CSR (row-major) order
+    torch.testing.assert_close(layer.weight.grad, dense.weight.grad[layer.mask], rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "mutate,exc,pattern",
+    [
+        (lambda a: {**a, "bias": torch.randn(3)}, ValueError, r"\bbias must be 1-D with 6"),
+        (lambda a: {**a, "bias": torch.randn(6, 1)}, ValueError, r"\bbias must be 1-D"),
+        (lambda a: {**a, "bias": torch.randn(6, dtype=torch.float64)}, ValueError, r"\bbias dtype"),
+        (lambda a: {**a, "col": a["col"].clone().fill_(99)}, IndexError, r"\bcol_indices\b"),
+        (lambda a: {**a, "x": a["x"].double()}, ValueError, r"\bvalues dtype"),
+    ],
+)
+def test_fused_forward_rejects_bad_input(mutate, exc, pattern):
+    crow, col, values, x, bias, _ = _operands(4, 6, 5, 0.5, 0, 0, torch.float32, 0)
+    args = mutate({"x": x, "crow": crow, "col": col, "values": values, "bias": bias})
+    with pytest.raises(exc, match=pattern):
+        torch.ops.granet._native_csr_linear_bias(args["x"], args["crow"], args["col"], args["values"], args["bias"])
+
+
+@pytest.mark.parametrize(
+    "mutate,exc,pattern",
+    [
+        (lambda a: {**a, "row": a["row"].clone().fill_(99)}, IndexError, r"\brow_indices\b"),
+        (lambda a: {**a, "perm": a["perm"].clone().fill_(-1)}, IndexError, r"\bperm\b"),
+        (lambda a: {**a, "perm": a["perm"].long()}, ValueError, r"\bperm\b"),
+        (lambda a: {**a, "x": a["x"][:, :3]}, ValueError, r"\bx\.shape\[1\]"),
+        (lambda a: {**a, "dy": a["dy"][:2]}, ValueError, r"batch size"),
+    ],
+)
+def test_fused_backward_rejects_bad_input(mutate, exc, pattern):
+    crow, col, values, x, _, dy = _operands(4, 6, 5, 0.5, 0, 0, torch.float32, 0)
+    ccol, row, perm = transpose_index(crow, col, x.shape[1])
+    a = mutate({"ccol": ccol, "row": row, "perm": perm, "values": values, "dy": dy, "x": x})
+    with pytest.raises(exc, match=pattern):
+        torch.ops.granet._native_csr_linear_backward_bias(a["ccol"], a["row"], a["perm"], a["values"], a["dy"], a["x"])

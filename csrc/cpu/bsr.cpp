@@ -2,6 +2,7 @@
 #include <ATen/ATen.h>
 
 #include "cpu/isa.h"
+#include "cpu/output_pool.h"
 #include "granet.h"
 
 #define GRANET_ISA_IMPL "cpu/bsr_impl.h"
@@ -37,7 +38,7 @@ void check_multiple(const char* op, const char* name, const at::Tensor& t, int64
 
 template <typename T>
 at::Tensor workspace(int64_t n, int64_t features, const at::TensorOptions& options) {
-  return at::empty({cpu::panel_buffer_elems<T>(n, features)}, options);
+  return cpu::empty_output({cpu::panel_buffer_elems<T>(n, features)}, options);
 }
 
 }  // namespace
@@ -54,7 +55,7 @@ at::Tensor bsr_spmm_cpu(const at::Tensor& crow, const at::Tensor& col, const at:
   const int64_t n = x_in.size(0), k = x_in.size(1), rows = crow.numel() - 1;
   const at::Tensor c = crow.contiguous(), j = col.contiguous(), values = values_in.contiguous(),
                    x = x_in.contiguous();
-  at::Tensor y = at::empty({n, rows * bs}, x.options());
+  at::Tensor y = cpu::empty_output({n, rows * bs}, x.options());
   if (y.numel() == 0) return y;
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "granet_bsr_spmm_cpu", [&] {
     at::Tensor x_ws = workspace<scalar_t>(n, k, x.options());
@@ -81,7 +82,7 @@ at::Tensor bsr_spmm_t_cpu(const at::Tensor& ccol, const at::Tensor& row, const a
   const int64_t n = dy_in.size(0), m = dy_in.size(1), cols = ccol.numel() - 1;
   const at::Tensor cc = ccol.contiguous(), r = row.contiguous(), pm = perm.contiguous(),
                    values = values_in.contiguous(), dy = dy_in.contiguous();
-  at::Tensor dx = at::empty({n, cols * bs}, dy.options());
+  at::Tensor dx = cpu::empty_output({n, cols * bs}, dy.options());
   if (dx.numel() == 0) return dx;
   AT_DISPATCH_FLOATING_TYPES(dy.scalar_type(), "granet_bsr_spmm_t_cpu", [&] {
     at::Tensor dy_ws = workspace<scalar_t>(n, m, dy.options());
@@ -112,7 +113,7 @@ at::Tensor bsr_sddmm_cpu(const at::Tensor& crow, const at::Tensor& col, const at
                     " (block rows * blocksize), got shape ", dy_in.sizes());
   const int64_t n = x_in.size(0), k = x_in.size(1), m = dy_in.size(1);
   const at::Tensor c = crow.contiguous(), j = col.contiguous(), dy = dy_in.contiguous(), x = x_in.contiguous();
-  at::Tensor out = at::empty({col.numel(), bs, bs}, x.options());
+  at::Tensor out = cpu::empty_output({col.numel(), bs, bs}, x.options());
   if (out.numel() == 0) return out;
   if (n == 0) return out.zero_();
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "granet_bsr_sddmm_cpu", [&] {

@@ -28,11 +28,8 @@
 #include <vector>
 
 #include "cpu/isa.h"
+#include "cpu/output_pool.h"
 #include "granet.h"
-
-#if defined(__linux__)
-#include <sys/mman.h>
-#endif
 
 #define GRANET_ISA_IMPL "cpu/conv_impl.h"
 #include "cpu/for_each_isa.h"
@@ -325,22 +322,8 @@ void check_offsets_fit(const char* op, int64_t elems) {
                     " elements per batch block or plane)");
 }
 
-// A fresh output tensor whose pages are not yet touched. Large ones are advised onto transparent huge
-// pages (where the kernel offers them on request): the first write of a multi-megabyte output
-// otherwise takes one page fault per 4 KB, which costs as much as a sparse pass itself (measured
-// ~4 us a fault on a KVM guest).
-at::Tensor empty_output(at::IntArrayRef sizes, const at::TensorOptions& options) {
-  at::Tensor t = at::empty(sizes, options);
-#if defined(__linux__) && defined(MADV_HUGEPAGE)
-  constexpr uintptr_t kHuge = uintptr_t(2) << 20;
-  if (t.nbytes() >= 2 * kHuge) {
-    const uintptr_t begin = reinterpret_cast<uintptr_t>(t.data_ptr());
-    const uintptr_t lo = (begin + kHuge - 1) & ~(kHuge - 1), hi = (begin + t.nbytes()) & ~(kHuge - 1);
-    if (hi > lo) madvise(reinterpret_cast<void*>(lo), hi - lo, MADV_HUGEPAGE);  // advice only: errors are harmless
-  }
-#endif
-  return t;
-}
+// Outputs and workspaces come from the block cache of output_pool.h: no page faults per call.
+using cpu::empty_output;
 
 // Scratch buffers of the passes (packed operands, partial sums), kept per thread and slot and reused
 // across calls: a fresh multi-megabyte allocation costs its page faults on every call. A buffer is

@@ -5,31 +5,13 @@
 
 #include <cstdint>
 
+#include "cpu/isa.h"
 #include "granet.h"
 
+#define GRANET_ISA_IMPL "cpu/masked_impl.h"
+#include "cpu/for_each_isa.h"
+
 namespace granet {
-
-namespace {
-
-// Branch-free so it vectorises: OR together the magnitude bits of every masked-out entry.
-template <typename T, typename Bits>
-bool all_masked_zero(const T* w_any, const bool* m, int64_t n) {
-  static_assert(sizeof(T) == sizeof(Bits), "bit width");
-  const Bits* w = reinterpret_cast<const Bits*>(w_any);
-  const Bits magnitude = static_cast<Bits>(~(Bits(1) << (8 * sizeof(Bits) - 1)));
-  Bits any = 0;
-#pragma omp parallel for reduction(| : any) schedule(static)
-  for (int64_t i = 0; i < n; ++i) any |= (w[i] & magnitude) & static_cast<Bits>(static_cast<Bits>(m[i]) - 1);
-  return any == 0;
-}
-
-template <typename Bits>
-void zero_masked(Bits* g, const bool* m, int64_t n) {
-#pragma omp parallel for schedule(static)
-  for (int64_t i = 0; i < n; ++i) g[i] &= static_cast<Bits>(Bits(0) - static_cast<Bits>(m[i]));
-}
-
-}  // namespace
 
 void zero_masked_cpu(at::Tensor& grad, const at::Tensor& mask) {
   constexpr const char* op = "granet::_native_zero_masked_";
@@ -45,9 +27,9 @@ void zero_masked_cpu(at::Tensor& grad, const at::Tensor& mask) {
   const bool* m = mask.data_ptr<bool>();
   const int64_t n = grad.numel();
   switch (grad.element_size()) {
-    case 8: zero_masked<uint64_t>(static_cast<uint64_t*>(grad.data_ptr()), m, n); break;
-    case 4: zero_masked<uint32_t>(static_cast<uint32_t*>(grad.data_ptr()), m, n); break;
-    default: zero_masked<uint16_t>(static_cast<uint16_t*>(grad.data_ptr()), m, n); break;
+    case 8: GRANET_ISA_CALL(zero_masked_positions<uint64_t>, static_cast<uint64_t*>(grad.data_ptr()), m, n); break;
+    case 4: GRANET_ISA_CALL(zero_masked_positions<uint32_t>, static_cast<uint32_t*>(grad.data_ptr()), m, n); break;
+    default: GRANET_ISA_CALL(zero_masked_positions<uint16_t>, static_cast<uint16_t*>(grad.data_ptr()), m, n); break;
   }
 }
 
@@ -66,9 +48,9 @@ bool masked_positions_are_zero_cpu(const at::Tensor& weight, const at::Tensor& m
   const bool* m = mask.data_ptr<bool>();
   bool ok = true;
   switch (weight.element_size()) {
-    case 8: ok = all_masked_zero<double, uint64_t>(weight.data_ptr<double>(), m, n); break;
-    case 4: ok = all_masked_zero<float, uint32_t>(static_cast<const float*>(weight.data_ptr()), m, n); break;
-    case 2: ok = all_masked_zero<uint16_t, uint16_t>(static_cast<const uint16_t*>(weight.data_ptr()), m, n); break;
+    case 8: ok = GRANET_ISA_CALL(masked_positions_zero<uint64_t>, static_cast<const uint64_t*>(weight.data_ptr()), m, n); break;
+    case 4: ok = GRANET_ISA_CALL(masked_positions_zero<uint32_t>, static_cast<const uint32_t*>(weight.data_ptr()), m, n); break;
+    case 2: ok = GRANET_ISA_CALL(masked_positions_zero<uint16_t>, static_cast<const uint16_t*>(weight.data_ptr()), m, n); break;
     default: ok = false;
   }
   return ok;

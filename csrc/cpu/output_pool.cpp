@@ -31,50 +31,46 @@ class Pool final : public c10::Allocator {
   }
   void copy_data(void* dest, const void* src, std::size_t count) const override { std::memcpy(dest, src, count); }
 
-  std::size_t cached() {
-    std::lock_guard<std::mutex> lock(mu_);
-    return cached_;
-  }
-  void release_all() {
-    std::lock_guard<std::mutex> lock(mu_);
-    for (auto& kv : free_) std::free(kv.second);
-    free_.clear();
-    cached_ = 0;
-  }
-
  private:
   struct Block {
     void* ptr;
     std::size_t bytes;
   };
 
-  static std::size_t round_up(std::size_t bytes) { return (bytes + kHugePage - 1) / kHugePage * kHugePage; }
+  // Sizes in 64 KB steps below 8 MB (at most 6% over the request), whole huge pages above (at most
+  // 25%), so that similar requests share blocks without wasting much memory.
+  static std::size_t round_up(std::size_t bytes) {
+    const std::size_t step = bytes >= 4 * kHugePage ? kHugePage : std::size_t(64) << 10;
+    return (bytes + step - 1) / step * step;
+  }
 
-  // Cached bytes above which freed blocks go back to the system (GRANET_CPU_OUTPUT_CACHE_MB, default 512).
+  // Cached bytes above which freed blocks go back to the system (GRANET_CPU_OUTPUT_CACHE_MB, default 256).
   static std::size_t limit() {
     static const std::size_t mb = [] {
       const char* env = std::getenv("GRANET_CPU_OUTPUT_CACHE_MB");
-      return env == nullptr ? std::size_t(512) : static_cast<std::size_t>(std::strtoull(env, nullptr, 10));
+      return env == nullptr ? std::size_t(256) : static_cast<std::size_t>(std::strtoull(env, nullptr, 10));
     }();
     return mb << 20;
   }
 
-  // The smallest cached block that fits, if it is at most twice the request.
+  // The smallest cached block that fits, if it is at most a quarter larger than the request.
   void* take(std::size_t bytes) {
     std::lock_guard<std::mutex> lock(mu_);
     auto it = free_.lower_bound(bytes);
-    if (it == free_.end() || it->first > 2 * bytes) return nullptr;
+    if (it == free_.end() || it->first > bytes + bytes / 4) return nullptr;
     void* p = it->second;
     cached_ -= it->first;
     free_.erase(it);
     return p;
   }
 
+  // 2 MB-aligned, with transparent huge pages requested (advice only), from 2 MB up.
   static void* fresh(std::size_t bytes) {
-    void* p = std::aligned_alloc(kHugePage, bytes);
-    if (p == nullptr) throw std::bad_alloc();
+    const bool huge = bytes >= kHugePage;
+    void* p = nullptr;
+    if (posix_memalign(&p, huge ? kHugePage : 64, bytes) != 0 || p == nullptr) throw std::bad_alloc();
 #if defined(__linux__) && defined(MADV_HUGEPAGE)
-    madvise(p, bytes, MADV_HUGEPAGE);  // advice only: fewer faults and TLB misses where THP is on
+    if (huge) madvise(p, bytes / kHugePage * kHugePage, MADV_HUGEPAGE);
 #endif
     return p;
   }
@@ -117,8 +113,6 @@ at::Tensor empty_output(at::IntArrayRef sizes, const at::TensorOptions& options)
                                    c10::typeMetaToScalarType(options.dtype()), std::nullopt);
 }
 
-std::size_t output_pool_cached_bytes() { return Pool::instance().cached(); }
-void output_pool_release() { Pool::instance().release_all(); }
 
 }  // namespace cpu
 }  // namespace granet

@@ -14,13 +14,10 @@ namespace granet {
 namespace cpu {
 
 // at::empty(sizes, options) for a CPU tensor; requests of at least kPooledMinBytes come from the
-// cache (2 MB-aligned, transparent huge pages requested). The tensor is an ordinary resizable CPU
-// tensor; its storage returns the block to the cache when freed.
+// cache (2 MB-aligned with transparent huge pages requested from 2 MB up). At most
+// GRANET_CPU_OUTPUT_CACHE_MB (default 256) of freed blocks are kept; 0 keeps none. The tensor is an
+// ordinary resizable CPU tensor; its storage returns the block to the cache when freed.
 at::Tensor empty_output(at::IntArrayRef sizes, const at::TensorOptions& options);
-
-// Bytes held by blocks not in use (for tests), and releasing them all.
-std::size_t output_pool_cached_bytes();
-void output_pool_release();
 
 constexpr std::size_t kPooledMinBytes = std::size_t(1) << 20;
 

@@ -50,7 +50,7 @@ void check_same_device(const char* op, const at::Tensor& ref, std::initializer_l
   }
 }
 
-void check_csr_spmm_args(const char* op, const at::Tensor& crow, const at::Tensor& col, const at::Tensor& values,
+void check_csr_spmm_meta(const char* op, const at::Tensor& crow, const at::Tensor& col, const at::Tensor& values,
                          const at::Tensor& x) {
   check_dense(op, "x", x);
   TORCH_CHECK_VALUE(values.dim() == 1 && values.numel() == col.numel(), op,
@@ -59,6 +59,11 @@ void check_csr_spmm_args(const char* op, const at::Tensor& crow, const at::Tenso
   TORCH_CHECK_VALUE(values.scalar_type() == x.scalar_type(), op, ": values dtype ", values.scalar_type(),
                     " does not match x dtype ", x.scalar_type());
   check_same_device(op, x, {&crow, &col, &values});
+}
+
+void check_csr_spmm_args(const char* op, const at::Tensor& crow, const at::Tensor& col, const at::Tensor& values,
+                         const at::Tensor& x) {
+  check_csr_spmm_meta(op, crow, col, values, x);
   check_compressed_index(op, "crow_indices", crow, "col_indices", col, x.size(1));
 }
 

@@ -87,6 +87,9 @@ void check_compressed_index(const char* op, const char* ptr_name, const at::Tens
 // 0 <= idx < bound for a 1-D int32 tensor.
 void check_index_range(const char* op, const char* name, const at::Tensor& idx, int64_t bound);
 void check_same_device(const char* op, const at::Tensor& ref, std::initializer_list<const at::Tensor*> others);
+// The CSR SpMM arguments without the O(nnz) pass over the index values (callers with a faster one).
+void check_csr_spmm_meta(const char* op, const at::Tensor& crow, const at::Tensor& col, const at::Tensor& values,
+                         const at::Tensor& x);
 // The CSR SpMM arguments (shapes, dtypes, devices and index values).
 void check_csr_spmm_args(const char* op, const at::Tensor& crow, const at::Tensor& col, const at::Tensor& values,
                          const at::Tensor& x);

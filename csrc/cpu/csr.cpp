@@ -119,15 +119,8 @@ namespace {
 // y = x @ W^T (+ bias, added by the kernel as it stores y).
 at::Tensor csr_forward(const char* op, const at::Tensor& crow, const at::Tensor& col, const at::Tensor& values_in,
                        const at::Tensor& x, const std::optional<at::Tensor>& bias_in) {
-  // check_csr_spmm_args with the fast index check.
-  check_dense(op, "x", x);
-  TORCH_CHECK_VALUE(values_in.dim() == 1 && values_in.numel() == col.numel(), op,
-                    ": values must be 1-D with as many entries as col_indices (", col.numel(), "), got shape ",
-                    values_in.sizes());
-  TORCH_CHECK_VALUE(values_in.scalar_type() == x.scalar_type(), op, ": values dtype ", values_in.scalar_type(),
-                    " does not match x dtype ", x.scalar_type());
-  check_same_device(op, x, {&crow, &col, &values_in});
-  check_compressed(op, "crow_indices", crow, "col_indices", col, x.size(1));
+  check_csr_spmm_meta(op, crow, col, values_in, x);
+  check_compressed(op, "crow_indices", crow, "col_indices", col, x.size(1));  // the fast index check
   check_cpu(op, x);
   const int64_t n = x.size(0), k = x.size(1), m = crow.numel() - 1;
   at::Tensor bias;

@@ -261,6 +261,41 @@ inline void add_hsum4(const typename Simd<T>::vec* t, T* out, bool assign) {
   }
 }
 
+// <d, x> over NV vectors as one vector. Up to four vectors: one mul + FMA chain (fewest
+// instructions; the slots' chains are independent, so their latency overlaps). Longer: two chains.
+template <typename vec, int NV>
+inline vec dot_chain(const vec* d, const vec* x) {
+  if constexpr (NV > 4) {
+    return dot_lanes<vec, NV>(d, x);
+  } else {
+    vec a = d[0] * x[0];
+    for (int v = 1; v < NV; ++v) a += d[v] * x[v];
+    return a;
+  }
+}
+
+#if GRANET_VECTOR_BYTES == 32
+// fp32 with 8-lane vectors (AVX2): the dot vectors of eight slots reduce to eight sums in one
+// vector with a vhaddps tree (7 hadds, 2 lane permutes, 1 add), folded in as the slots complete
+// so that few vectors stay live. Measured 9-13% faster than groups of four with add_hsum4.
+constexpr bool kDotGroupsOf8 = true;
+typedef float f32x8 __attribute__((vector_size(32)));
+inline f32x8 hadd8(f32x8 a, f32x8 b) { return __builtin_ia32_haddps256(a, b); }
+// h[q] = hadd(dot[2q], dot[2q+1]); out[0..8) (= or +=) the eight lane sums, in slot order.
+inline void add_hsum8(const f32x8* h, float* out, bool assign) {
+  const f32x8 t0 = hadd8(h[0], h[1]), t1 = hadd8(h[2], h[3]);
+  f32x8 r = __builtin_ia32_vperm2f128_ps256(t0, t1, 0x20) + __builtin_ia32_vperm2f128_ps256(t0, t1, 0x31);
+  if (!assign) {
+    f32x8 o;
+    __builtin_memcpy(&o, out, sizeof(o));
+    r += o;
+  }
+  __builtin_memcpy(out, &r, sizeof(r));
+}
+#else
+constexpr bool kDotGroupsOf8 = false;
+#endif
+
 // Backward in CSC order, fused: walking W by columns j, x's panel row j and the dx accumulator stay
 // in registers; each nonzero (i, j) loads dy's panel row i once and uses it twice:
 //   dx[:, j] += w(i, j) * dy[:, i]      (if DX)
@@ -268,7 +303,10 @@ inline void add_hsum4(const typename Simd<T>::vec* t, T* out, bool assign) {
 // No stores in the inner loop, no atomics, no barriers: each thread owns one column range (balanced
 // by nonzeros) for all panels. Panels are the outer loop so that one dy panel (m x BT, random rows,
 // prefetched kPrefetchAhead slots ahead) stays in L2 while the index streams; the first panel writes
-// dw, the others add. Slots go four at a time so their dot products share one horizontal reduction.
+// dw, the others add. Slots go in groups (8 for fp32 on AVX2, else 4) whose dot products share one
+// horizontal reduction. The loop is bound by instruction count (about 24 per slot on AVX2, with dy
+// in L1 it runs only 25% faster): 64-bit slot counters (no re-extension per access) and single
+// mul + FMA dot chains keep it short.
 // w_csc / dw_csc are in CSC slot order; dx_out is [n][k] row-major.
 template <typename T, int BT, bool DX, bool DW>
 void csc_backward_panels(const int32_t* ccol, const int32_t* row, const T* w_csc, const T* dyp, const T* xp, T* dx_out,
@@ -277,6 +315,8 @@ void csc_backward_panels(const int32_t* ccol, const int32_t* row, const T* w_csc
   using vec = typename S::vec;
   constexpr int NV = BT / S::lanes;
   constexpr int DXS = NV >= 4 ? 1 : 2;  // dx accumulator sets (with NV >= 4 the FMAs per slot hide the latency)
+  constexpr bool kGroup8 = DW && kDotGroupsOf8 && sizeof(T) == 4;
+  constexpr int G = kGroup8 ? 8 : 4;
   const int64_t n_panels = (n + BT - 1) / BT;
   if (k == 0) return;
 #pragma omp parallel
@@ -299,9 +339,9 @@ void csc_backward_panels(const int32_t* ccol, const int32_t* row, const T* w_csc
       return lo;
     };
     const int64_t j0 = split(t), j1 = t + 1 == nt ? k : split(t + 1);
-    const int32_t s_limit = ccol[j1];
+    const int64_t s_limit = ccol[j1];
     if (DW && n_panels == 0)  // no batch rows: the gradient is zero
-      for (int32_t s = ccol[j0]; s < s_limit; ++s) dw_csc[s] = T(0);
+      for (int64_t s = ccol[j0]; s < s_limit; ++s) dw_csc[s] = T(0);
     constexpr int64_t kTileRows = 64;
     alignas(64) T tile[kTileRows * BT];  // dx of up to 64 columns, transposed into dx_out
     for (int64_t p = 0; p < n_panels; ++p) {
@@ -316,14 +356,14 @@ void csc_backward_panels(const int32_t* ccol, const int32_t* row, const T* w_csc
           if (DW) xj[v] = S::load(x_panel + j * BT + v * S::lanes);
           for (int u = 0; u < DXS; ++u) dx[u][v] = vec{};
         }
-        int32_t s = ccol[j];
-        const int32_t s_end = ccol[j + 1];
-        for (; s + 3 < s_end; s += 4) {
-          vec dot[4];
-          if (s + 3 + kPrefetchAhead < s_limit)  // one check per group of four
-            for (int u = 0; u < 4; ++u)
+        int64_t s = ccol[j];
+        const int64_t s_end = ccol[j + 1];
+        for (; s + G - 1 < s_end; s += G) {
+          if (s + G - 1 + kPrefetchAhead < s_limit)  // one check per group
+            for (int u = 0; u < G; ++u)
               prefetch_row<T, BT>(dy_panel + static_cast<int64_t>(row[s + u + kPrefetchAhead]) * BT);
-          for (int u = 0; u < 4; ++u) {
+          vec dot[G];
+          for (int u = 0; u < G; ++u) {
             const T* dyi = dy_panel + static_cast<int64_t>(row[s + u]) * BT;
             vec d[NV];
             for (int v = 0; v < NV; ++v) d[v] = S::load(dyi + v * S::lanes);
@@ -331,9 +371,23 @@ void csc_backward_panels(const int32_t* ccol, const int32_t* row, const T* w_csc
               const vec w = S::splat(w_csc[s + u]);
               for (int v = 0; v < NV; ++v) dx[u % DXS][v] += w * d[v];
             }
-            if (DW) dot[u] = dot_lanes<vec, NV>(d, xj);
+            if (DW) {
+              dot[u] = dot_chain<vec, NV>(d, xj);
+#if GRANET_VECTOR_BYTES == 32
+              if constexpr (kGroup8)  // fold pairs as they complete: fewer live vectors
+                if (u & 1) dot[u - 1] = hadd8(dot[u - 1], dot[u]);
+#endif
+            }
           }
-          if (DW) add_hsum4<T>(dot, dw_csc + s, first);
+          if constexpr (DW) {
+#if GRANET_VECTOR_BYTES == 32
+            if constexpr (kGroup8) {
+              const f32x8 h[4] = {dot[0], dot[2], dot[4], dot[6]};
+              add_hsum8(h, dw_csc + s, first);
+            } else
+#endif
+              add_hsum4<T>(dot, dw_csc + s, first);
+          }
         }
         for (; s < s_end; ++s) {
           const T* dyi = dy_panel + static_cast<int64_t>(row[s]) * BT;

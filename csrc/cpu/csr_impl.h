@@ -49,7 +49,10 @@ void pack_panels(const T* x, T* panels, int64_t n, int64_t k, T* sums = nullptr)
   using S = Simd<T>;
   using vec = typename S::vec;
   const int64_t n_panels = (n + BT - 1) / BT;
-  constexpr int64_t KB = 64;  // transpose in k-blocks so reads and writes both stay in cache
+  // Transpose in k-blocks of 512 columns: each x row is read in 2-4 KB runs that the hardware
+  // prefetcher follows (64-column blocks read 256 B runs from 32 rows at once: 28% slower from
+  // memory, measured on 256 x 4096 fp32), and a block's writes (512 panel rows) stay in L2.
+  constexpr int64_t KB = 512;
 #pragma omp parallel for collapse(2) schedule(static)
   for (int64_t p = 0; p < n_panels; ++p) {
     for (int64_t k0 = 0; k0 < k; k0 += KB) {

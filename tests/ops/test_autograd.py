@@ -55,7 +55,16 @@ def test_gradcheck(name, device, backend, seed):
 
         fast = _grad_elements(name, args) > GRADCHECK_FULL_ELEMENTS
         with granet_kernels.backend(backend):
-            assert torch.autograd.gradcheck(fn, tuple(leaves[j] for j in positions), fast_mode=fast), f"{name} sample {i}"
+            assert torch.autograd.gradcheck(fn, tuple(leaves[j] for j in positions), fast_mode=fast,
+                                            nondet_tol=_nondet_tol(name, device)), f"{name} sample {i}"
+
+
+def _nondet_tol(name, device):
+    """gradcheck's tolerance for two backward runs on the same input differing. Only conv on CUDA
+    may differ: its backward runs cuDNN (through F.conv2d's autograd / torch.nn.grad), whose
+    weight-gradient algorithms accumulate in a run-dependent order (float64 rounding, ~1e-15 of
+    the values; seen on an H100). Everything else must be bit-reproducible."""
+    return 1e-10 if torch.device(device).type == "cuda" and name.startswith("sparse_conv2d") else 0.0
 
 
 # --- backward against the dense layer -------------------------------------------------------------

@@ -49,7 +49,15 @@ inline void hsum4(typename Simd<T>::vec t0, typename Simd<T>::vec t1, typename S
     const auto u1 = __builtin_shuffle(t2, t3, even) + __builtin_shuffle(t2, t3, odd);
     const ivec lo = {0, 1, 8, 9, 4, 5, 12, 13}, hi = {2, 3, 10, 11, 6, 7, 14, 15};
     const auto v = __builtin_shuffle(u0, u1, lo) + __builtin_shuffle(u0, u1, hi);
-    for (int u = 0; u < 4; ++u) out[u] = v[u] + v[u + 4];
+    // Lanes u and u + 4 hold the halves of sum u: add the two half vectors. (Written as lane by
+    // lane scalar adds, GCC 13.3 -O3 vectorised this wrongly for 8 x fp64 under AVX-512: wrong BSR
+    // dW sums on the device machine's Xeon; correct at -O2 or without the tree vectorisers.)
+    typedef T half __attribute__((vector_size(GRANET_VECTOR_BYTES / 2)));
+    half a, b;
+    __builtin_memcpy(&a, &v, sizeof(half));
+    __builtin_memcpy(&b, reinterpret_cast<const char*>(&v) + sizeof(half), sizeof(half));
+    a += b;
+    __builtin_memcpy(out, &a, sizeof(half));
   } else {
     out[0] = Simd<T>::hsum(t0);
     out[1] = Simd<T>::hsum(t1);

@@ -15,7 +15,8 @@
 # Every build leaves its extension gzipped in $OUT for that purpose.
 #
 # GPU_BUILD_CXX=/usr/bin/g++ (GPU_BUILD_CC defaults to the same path with gcc) builds with that
-# compiler instead of the image's default c++ (see the native-exception check after the build).
+# compiler instead of the image's default c++ (see the native-exception check after the build);
+# /usr/bin/g++ is the one that works there.
 #
 # Environment: BENCH_ARGS (extra arguments for bench_gpu.py), PYTEST_ARGS (extra pytest arguments,
 # split on spaces), PYTEST_K_EXPR (a pytest -k expression), PYTEST_WORKERS (default 8), TEST_LIMIT
@@ -83,7 +84,8 @@ if [ -n "${GRANET_PREBUILT:-}" ] && [ -f "$GRANET_PREBUILT" ]; then
   gunzip -c "$GRANET_PREBUILT" > "$SO"
 else
   if [ -n "${GPU_BUILD_CXX:-}" ]; then
-    # Compiler override (not yet tried on the device): see the native-exception check below.
+    # Compiler override: on the device image of 2026-11-25 /usr/bin/g++ links libstdc++ dynamically
+    # and native errors then raise normally (see the native-exception check below).
     export CXX="$GPU_BUILD_CXX" CC="${GPU_BUILD_CC:-${GPU_BUILD_CXX/g++/gcc}}"
     export LDSHARED="$CC -shared" LDCXXSHARED="$CXX -shared"
     say "compiler override: CXX=$CXX CC=$CC" | tee -a "$OUT/build.log"

@@ -15,12 +15,18 @@ at::Tensor csr_spmm_cpu(const at::Tensor& crow, const at::Tensor& col, const at:
 // y = x @ W^T + bias with the bias added by the kernel (the CPU kernel of csr_linear).
 at::Tensor csr_linear_cpu(const at::Tensor& x, const at::Tensor& crow, const at::Tensor& col, const at::Tensor& values,
                           const std::optional<at::Tensor>& bias);
-// csr_linear_backward plus the bias gradient (dy summed over the batch while it is packed).
+// The same, also returning x packed in batch panels (1-D), for the training step's backward.
+std::tuple<at::Tensor, at::Tensor> csr_linear_panels_cpu(const at::Tensor& x, const at::Tensor& crow,
+                                                         const at::Tensor& col, const at::Tensor& values,
+                                                         const std::optional<at::Tensor>& bias);
+// csr_linear_backward plus the bias gradient (dy summed over the batch while it is packed); x_panels,
+// if given, is x as csr_linear_panels_cpu packed it (then x is not packed again).
 std::tuple<at::Tensor, at::Tensor, at::Tensor> csr_linear_backward_bias_cpu(const at::Tensor& ccol,
                                                                             const at::Tensor& row,
                                                                             const at::Tensor& perm,
                                                                             const at::Tensor& values,
-                                                                            const at::Tensor& dy, const at::Tensor& x);
+                                                                            const at::Tensor& dy, const at::Tensor& x,
+                                                                            const std::optional<at::Tensor>& x_panels);
 // dx[N, K] = dy[N, M] @ W through W's CSC index (ccol [K+1], row [nnz], perm [nnz] -> CSR position).
 at::Tensor csr_spmm_t_cpu(const at::Tensor& ccol, const at::Tensor& row, const at::Tensor& perm,
                           const at::Tensor& values, const at::Tensor& dy);

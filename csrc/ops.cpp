@@ -62,7 +62,10 @@ TORCH_LIBRARY(granet, m) {
   m.def("_native_csr_linear_bias(Tensor x, Tensor crow_indices, Tensor col_indices, Tensor values, "
         "Tensor? bias=None) -> Tensor");
   m.def("_native_csr_linear_backward_bias(Tensor ccol_indices, Tensor row_indices, Tensor perm, Tensor values, "
-        "Tensor dy, Tensor x) -> (Tensor, Tensor, Tensor)");
+        "Tensor dy, Tensor x, Tensor? x_panels=None) -> (Tensor, Tensor, Tensor)");
+  // The forward kernel that also returns x as packed (training: the backward reuses it as x_panels).
+  m.def("_native_csr_linear_bias_panels(Tensor x, Tensor crow_indices, Tensor col_indices, Tensor values, "
+        "Tensor? bias=None) -> (Tensor, Tensor)");
   m.def("_native_bsr_spmm(Tensor crow_indices, Tensor col_indices, Tensor values, Tensor x) -> Tensor");
   m.def("_native_bsr_spmm_t(Tensor ccol_indices, Tensor row_indices, Tensor perm, Tensor values, Tensor dy) -> Tensor");
   m.def("_native_bsr_sddmm(Tensor crow_indices, Tensor col_indices, Tensor dy, Tensor x, int blocksize) -> Tensor");
@@ -86,6 +89,7 @@ TORCH_LIBRARY_IMPL(granet, CPU, m) {
   m.impl("_native_csr_sddmm", &granet::csr_sddmm_cpu);
   m.impl("_native_csr_linear_backward", &granet::csr_linear_backward_cpu);
   m.impl("_native_csr_linear_bias", &granet::csr_linear_cpu);
+  m.impl("_native_csr_linear_bias_panels", &granet::csr_linear_panels_cpu);
   m.impl("_native_csr_linear_backward_bias", &granet::csr_linear_backward_bias_cpu);
   m.impl("_native_bsr_spmm", &granet::bsr_spmm_cpu);
   m.impl("_native_bsr_spmm_t", &granet::bsr_spmm_t_cpu);

@@ -42,12 +42,15 @@ int64_t panel_elems(int64_t n, int64_t k) {
 // Packs a 2-D operand into batch panels held in scratch slot `slot`.
 // With `sums`, also the per-panel column sums (see pack_panels).
 template <typename T>
-T* pack(const at::Tensor& dense, Scratch slot, T* sums = nullptr) {
-  const int64_t n = dense.size(0), k = dense.size(1);
-  T* panels = cpu::scratch_of<T>(slot, panel_elems<T>(n, k));
+T* pack_into(const at::Tensor& dense, T* panels, T* sums = nullptr) {
   const at::Tensor src = dense.contiguous();
-  GRANET_ISA_CALL(pack<T>, src.data_ptr<T>(), panels, n, k, panel_bytes(), sums);
+  GRANET_ISA_CALL(pack<T>, src.data_ptr<T>(), panels, dense.size(0), dense.size(1), panel_bytes(), sums);
   return panels;
+}
+
+template <typename T>
+T* pack(const at::Tensor& dense, Scratch slot, T* sums = nullptr) {
+  return pack_into<T>(dense, cpu::scratch_of<T>(slot, panel_elems<T>(dense.size(0), dense.size(1))), sums);
 }
 
 
@@ -116,9 +119,11 @@ const T* csc_values(const char* op, const at::Tensor& values_in, const at::Tenso
 
 namespace {
 
-// y = x @ W^T (+ bias, added by the kernel as it stores y).
-at::Tensor csr_forward(const char* op, const at::Tensor& crow, const at::Tensor& col, const at::Tensor& values_in,
-                       const at::Tensor& x, const std::optional<at::Tensor>& bias_in) {
+// y = x @ W^T (+ bias, added by the kernel as it stores y). With `keep_panels`, x is packed into a
+// tensor of its own (returned second, for the backward's dW) instead of scratch.
+std::tuple<at::Tensor, at::Tensor> csr_forward(const char* op, const at::Tensor& crow, const at::Tensor& col,
+                                               const at::Tensor& values_in, const at::Tensor& x,
+                                               const std::optional<at::Tensor>& bias_in, bool keep_panels) {
   check_csr_spmm_meta(op, crow, col, values_in, x);
   check_compressed(op, "crow_indices", crow, "col_indices", col, x.size(1));  // the fast index check
   check_cpu(op, x);
@@ -133,25 +138,39 @@ at::Tensor csr_forward(const char* op, const at::Tensor& crow, const at::Tensor&
                       " does not match x dtype ", x.scalar_type());
   }
   const at::Tensor c = crow.contiguous(), j = col.contiguous(), values = values_in.contiguous();
-  return AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "granet_csr_spmm_cpu", [&] {
-    const scalar_t* xp = pack<scalar_t>(x, Scratch::a);
-    at::Tensor y = cpu::empty_output({n, m}, x.options());  // written row-major by the kernel
+  at::Tensor panels;
+  at::Tensor y = AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "granet_csr_spmm_cpu", [&] {
+    const scalar_t* xp;
+    if (keep_panels) {
+      panels = cpu::empty_output({panel_elems<scalar_t>(n, k)}, x.options());
+      xp = pack_into<scalar_t>(x, panels.data_ptr<scalar_t>());
+    } else {
+      xp = pack<scalar_t>(x, Scratch::a);
+    }
+    at::Tensor out = cpu::empty_output({n, m}, x.options());  // written row-major by the kernel
     GRANET_ISA_CALL(spmm<scalar_t>, c.data_ptr<int32_t>(), j.data_ptr<int32_t>(), values.data_ptr<scalar_t>(),
-                    bias.defined() ? bias.data_ptr<scalar_t>() : nullptr, xp, y.data_ptr<scalar_t>(), n, m, k,
+                    bias.defined() ? bias.data_ptr<scalar_t>() : nullptr, xp, out.data_ptr<scalar_t>(), n, m, k,
                     panel_bytes());
-    return y;
+    return out;
   });
+  return {y, panels};
 }
 
 }  // namespace
 
 at::Tensor csr_spmm_cpu(const at::Tensor& crow, const at::Tensor& col, const at::Tensor& values, const at::Tensor& x) {
-  return csr_forward("granet::csr_spmm", crow, col, values, x, std::nullopt);
+  return std::get<0>(csr_forward("granet::csr_spmm", crow, col, values, x, std::nullopt, false));
 }
 
 at::Tensor csr_linear_cpu(const at::Tensor& x, const at::Tensor& crow, const at::Tensor& col, const at::Tensor& values,
                           const std::optional<at::Tensor>& bias) {
-  return csr_forward("granet::csr_linear", crow, col, values, x, bias);
+  return std::get<0>(csr_forward("granet::csr_linear", crow, col, values, x, bias, false));
+}
+
+std::tuple<at::Tensor, at::Tensor> csr_linear_panels_cpu(const at::Tensor& x, const at::Tensor& crow,
+                                                         const at::Tensor& col, const at::Tensor& values,
+                                                         const std::optional<at::Tensor>& bias) {
+  return csr_forward("granet::csr_linear", crow, col, values, x, bias, true);
 }
 
 at::Tensor csr_spmm_t_cpu(const at::Tensor& ccol, const at::Tensor& row, const at::Tensor& perm,
@@ -200,7 +219,8 @@ namespace {
 std::tuple<at::Tensor, at::Tensor, at::Tensor> linear_backward(const char* op, const at::Tensor& ccol,
                                                                const at::Tensor& row, const at::Tensor& perm,
                                                                const at::Tensor& values, const at::Tensor& dy,
-                                                               const at::Tensor& x, bool bias_grad) {
+                                                               const at::Tensor& x, bool bias_grad,
+                                                               const std::optional<at::Tensor>& x_panels_in) {
   check_csc_args(op, ccol, row, perm, values, dy);
   check_dense(op, "x", x);
   check_same_device(op, dy, {&x});
@@ -220,7 +240,18 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> linear_backward(const char* op, c
     const int64_t n_panels = (n + bt - 1) / bt;
     scalar_t* sums = bias_grad ? cpu::scratch_of<scalar_t>(Scratch::f, n_panels * m) : nullptr;
     const scalar_t* dyp = pack<scalar_t>(dy, Scratch::a, sums);
-    const scalar_t* xp = pack<scalar_t>(x, Scratch::b);
+    const scalar_t* xp = nullptr;
+    if (x_panels_in.has_value() && x_panels_in->defined()) {  // x as the forward packed it
+      const at::Tensor& xpt = *x_panels_in;
+      TORCH_CHECK_VALUE(xpt.device().is_cpu() && xpt.scalar_type() == dy.scalar_type() && xpt.dim() == 1 &&
+                            xpt.is_contiguous() && xpt.numel() == panel_elems<scalar_t>(n, k),
+                        op, ": x_panels must be the contiguous 1-D ", dy.scalar_type(), " CPU tensor of ",
+                        panel_elems<scalar_t>(n, k), " entries that the forward packed x into, got shape ",
+                        xpt.sizes(), ", dtype ", xpt.scalar_type(), " on ", xpt.device());
+      xp = xpt.data_ptr<scalar_t>();
+    } else {
+      xp = pack<scalar_t>(x, Scratch::b);
+    }
     at::Tensor grad_x = cpu::empty_output({n, k}, dy.options());
     GRANET_ISA_CALL(backward<scalar_t>, cc.data_ptr<int32_t>(), r.data_ptr<int32_t>(), w_csc, dyp, xp,
                     grad_x.data_ptr<scalar_t>(), dw_csc, n, m, k, true, true, panel_bytes());
@@ -244,7 +275,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> linear_backward(const char* op, c
 std::tuple<at::Tensor, at::Tensor> csr_linear_backward_cpu(const at::Tensor& ccol, const at::Tensor& row,
                                                            const at::Tensor& perm, const at::Tensor& values,
                                                            const at::Tensor& dy, const at::Tensor& x) {
-  auto [dx, dvalues, unused] = linear_backward("granet::csr_linear_backward", ccol, row, perm, values, dy, x, false);
+  auto [dx, dvalues, unused] =
+      linear_backward("granet::csr_linear_backward", ccol, row, perm, values, dy, x, false, std::nullopt);
   return {dx, dvalues};
 }
 
@@ -252,8 +284,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> csr_linear_backward_bias_cpu(cons
                                                                             const at::Tensor& row,
                                                                             const at::Tensor& perm,
                                                                             const at::Tensor& values,
-                                                                            const at::Tensor& dy, const at::Tensor& x) {
-  return linear_backward("granet::csr_linear", ccol, row, perm, values, dy, x, true);
+                                                                            const at::Tensor& dy, const at::Tensor& x,
+                                                                            const std::optional<at::Tensor>& x_panels) {
+  return linear_backward("granet::csr_linear", ccol, row, perm, values, dy, x, true, x_panels);
 }
 
 }  // namespace granet

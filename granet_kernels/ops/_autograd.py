@@ -21,6 +21,8 @@ def register_linear_autograd(opdef: OpDef, backward: Callable):
     def setup_context(ctx, inputs, output):
         ctx.inputs = inputs
         ctx.hint = getattr(output, BACKWARD_HINT, None)
+        if ctx.hint is not None:  # the backward holds it now, not the output (a hint may be a buffer)
+            delattr(output, BACKWARD_HINT)
 
     def bwd(ctx, grad):
         grads = backward(ctx.inputs, grad, ctx.needs_input_grad, ctx.hint)

@@ -1,6 +1,7 @@
 """The CPU kernels of csr_linear with the bias fused: the forward adds it as y is stored, the backward
-sums dy over the batch while packing it. Checked against the pure-torch reference on awkward shapes,
-and their own argument checks (they are called directly from the autograd formula)."""
+sums dy over the batch while packing it; in training the forward also hands its packed x to the
+backward. Checked against the pure-torch reference on awkward shapes, and their own argument checks
+(they are called directly from the autograd formula)."""
 
 import pytest
 import torch
@@ -37,8 +38,14 @@ def test_fused_forward_and_backward_match_reference(shape, dtype, seed):
     torch.testing.assert_close(y, reference.csr_spmm(crow, col, values, x) + bias, **tol)
     torch.testing.assert_close(torch.ops.granet._native_csr_linear_bias(x, crow, col, values, None),
                                reference.csr_spmm(crow, col, values, x), **tol)
+    y_kept, panels = torch.ops.granet._native_csr_linear_bias_panels(x, crow, col, values, bias)
+    torch.testing.assert_close(y_kept, y, rtol=0, atol=0)
     ccol, row, perm = transpose_index(crow, col, x.shape[1])
     dx, dvalues, dbias = torch.ops.granet._native_csr_linear_backward_bias(ccol, row, perm, values, dy, x)
+    # with the forward's packed x: the same kernel on the same operands, so the same bits
+    for got, want in zip(torch.ops.granet._native_csr_linear_backward_bias(ccol, row, perm, values, dy, x, panels),
+                         (dx, dvalues, dbias)):
+        torch.testing.assert_close(got, want, rtol=0, atol=0)
     ref_dx, ref_dvalues = reference.csr_linear_backward(ccol, row, perm, values, dy, x)
     torch.testing.assert_close(dx, ref_dx, **tol)
     torch.testing.assert_close(dvalues, ref_dvalues, **tol)
@@ -53,7 +60,7 @@ def test_sparse_linear_training_step_uses_the_fused_path_and_matches_dense():
     with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
         layer(x).backward(dy)
     ran = {e.key for e in prof.key_averages()}
-    assert {"granet::_native_csr_linear_bias", "granet::_native_csr_linear_backward_bias"} <= ran, ran
+    assert {"granet::_native_csr_linear_bias_panels", "granet::_native_csr_linear_backward_bias"} <= ran, ran
     dense = layer.to_dense()
     xd = x.detach().clone().requires_grad_()
     dense(xd).backward(dy)
@@ -96,3 +103,45 @@ def test_fused_backward_rejects_bad_input(mutate, exc, pattern):
     a = mutate({"ccol": ccol, "row": row, "perm": perm, "values": values, "dy": dy, "x": x})
     with pytest.raises(exc, match=pattern):
         torch.ops.granet._native_csr_linear_backward_bias(a["ccol"], a["row"], a["perm"], a["values"], a["dy"], a["x"])
+
+
+def test_packed_input_goes_to_the_backward_only_when_training():
+    layer = gk.SparseLinear(20, 12, density=0.3, layout="csr", bias=False)
+    x = torch.randn(9, 20)
+    hint = gk.ops._autograd.BACKWARD_HINT
+    for context in (torch.no_grad(), torch.inference_mode()):
+        with context, torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+            y = layer(x)
+        ran = {e.key for e in prof.key_averages()}
+        assert "granet::_native_csr_linear_bias" in ran and "granet::_native_csr_linear_bias_panels" not in ran, ran
+        assert not hasattr(y, hint)
+    layer.weight.requires_grad_(False)  # no dW wanted: nothing to keep
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        layer(x.requires_grad_())
+    assert "granet::_native_csr_linear_bias_panels" not in {e.key for e in prof.key_averages()}
+    layer.weight.requires_grad_(True)
+    y = layer(x)
+    assert not hasattr(y, hint)  # the backward holds the panels, not the output the user keeps
+    dy = torch.randn_like(y)
+    y.backward(dy)
+    dense = layer.to_dense()
+    xd = x.detach().clone().requires_grad_()
+    dense(xd).backward(dy)
+    torch.testing.assert_close(x.grad, xd.grad, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(layer.weight.grad, dense.weight.grad[layer.mask], rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        lambda p: p[:-1],  # wrong size
+        lambda p: p.double(),  # wrong dtype
+        lambda p: p.reshape(-1, 1),  # not 1-D
+    ],
+)
+def test_fused_backward_rejects_bad_panels(bad):
+    crow, col, values, x, bias, dy = _operands(33, 6, 5, 0.5, 0, 0, torch.float32, 0)
+    _, panels = torch.ops.granet._native_csr_linear_bias_panels(x, crow, col, values, bias)
+    ccol, row, perm = transpose_index(crow, col, x.shape[1])
+    with pytest.raises(ValueError, match=r"\bx_panels\b"):
+        torch.ops.granet._native_csr_linear_backward_bias(ccol, row, perm, values, dy, x, bad(panels))

@@ -54,7 +54,7 @@ class SparseWeightMixin:
         if policy != "auto":
             return policy
         density = float(mask.sum()) / mask.numel() if mask.numel() else 1.0
-        return crossover.choose_layout(self.kind, density, like.device, like.dtype)
+        return crossover.choose_layout(self.kind, density, like.device, like.dtype, mask.numel())
 
     def _pack(self, dense: torch.Tensor, mask: torch.Tensor, layout: str) -> None:
         """Store `dense` (dense-shaped, any values) at `mask` in `layout`."""

@@ -98,6 +98,11 @@ def test_auto_layout_follows_density():
     high = SparseLinear(64, 64, density=1.0)
     assert low.layout == "csr" and high.layout == "masked"
     assert "layout=csr" in repr(low) and "density=0.0200" in repr(low)
+    # small weights stay CSR to a higher density than large ones (measured crossovers, crossover.py)
+    assert SparseLinear(1024, 1024, density=0.35).layout == "csr"
+    assert SparseLinear(2048, 2048, density=0.35).layout == "masked"
+    assert SparseLinear(1024, 1024, density=0.4).layout == "masked"
+    assert SparseLinear(2048, 2048, density=0.2).layout == "csr"
 
 
 @pytest.mark.parametrize("layout", LAYOUTS)

@@ -10,10 +10,13 @@ from __future__ import annotations
 import torch
 
 # Training-step crossovers on the CPU (fp32, 1 thread; AMD EPYC Zen 3, see BENCHMARKS.md): CSR is
-# used strictly below these densities. Linear (W 4096^2 and 1024^2, batch 256, 2026-11-25 14:03):
-# CSR 1.11x / 1.23x dense at 0.3, 0.42x / 0.53x at 0.5, so masked from 0.3 up. Conv: CSR measured
-# 1.44x dense at 0.5 (3x3, 256 channels) and 1.63x (1x1, 1024->256), the highest density measured.
-CPU_CSR_MAX_DENSITY = {"linear": 0.3, "conv": 0.5}
+# used strictly below these densities. Linear, W 4096^2, batch 256, interleaved with dense (CSR x
+# dense, 2026-11-25 19:30-19:45, several runs): 1.55 / 1.39 at 0.2, 1.38 at 0.225, 1.09 / 0.89 /
+# 1.10 at 0.25, 0.71 at 0.275, 0.74-1.04 at 0.3, while masked gave 0.88-1.01: the crossover is near
+# 0.25 (an earlier run, 14:03, had CSR 1.11x at 0.3; the CSR step at these densities moves more
+# with the machine's memory load than dense does). Conv: CSR measured 1.44x dense at 0.5 (3x3, 256
+# channels) and 1.63x (1x1, 1024->256), the highest density measured.
+CPU_CSR_MAX_DENSITY = {"linear": 0.25, "conv": 0.5}
 # Small linear weights: the CSR step's index and value arrays (about 28 bytes per nonzero) stay in
 # the last-level cache, and CSR keeps winning to a higher density. Measured 2026-11-25 (19:30), W
 # 1024^2, batch 256: CSR 1.37x / 1.35x dense at 0.3 / 0.35 (masked 0.94x), 0.84x at 0.4; W 2048^2:

@@ -254,8 +254,9 @@ def csr_linear(x, crow_indices, col_indices, ccol_indices, row_indices, perm, va
     see transpose_index), so the backward pass needs no index work. Differentiable in x, values, bias."""
     args = (x, crow_indices, col_indices, ccol_indices, row_indices, perm, values, bias)
     if (
-        isinstance(values, torch.Tensor) and values.requires_grad and torch.is_grad_enabled()
-        and not torch.compiler.is_compiling()
+        # the fused backward (the one that takes the panels) runs when both x and values need grads
+        isinstance(values, torch.Tensor) and values.requires_grad and isinstance(x, torch.Tensor)
+        and x.requires_grad and torch.is_grad_enabled() and not torch.compiler.is_compiling()
     ):
         _keep_panels.on = True
         try:

@@ -115,6 +115,9 @@ def test_packed_input_goes_to_the_backward_only_when_training():
         ran = {e.key for e in prof.key_averages()}
         assert "granet::_native_csr_linear_bias" in ran and "granet::_native_csr_linear_bias_panels" not in ran, ran
         assert not hasattr(y, hint)
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        layer(x)  # x needs no gradient: the backward is dW alone (csr_sddmm), which packs its own x
+    assert "granet::_native_csr_linear_bias_panels" not in {e.key for e in prof.key_averages()}
     layer.weight.requires_grad_(False)  # no dW wanted: nothing to keep
     with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
         layer(x.requires_grad_())

@@ -65,19 +65,35 @@ bool fast_in_range(const at::Tensor& idx, int64_t bound) {
   return !GRANET_ISA_CALL(any_at_least, p, idx.numel(), b);
 }
 
-bool fast_compressed_ok(const at::Tensor& ptr, const at::Tensor& idx, int64_t bound) {
+// The pointer half of the check: ptr starts at 0, never decreases and ends at nnz, and idx is a
+// plain int32 CPU vector (the kernels that range-check idx themselves as they read it need no more).
+bool fast_pointers_ok(const at::Tensor& ptr, const at::Tensor& idx) {
   if (ptr.dim() != 1 || ptr.numel() < 1 || ptr.scalar_type() != at::kInt || !ptr.device().is_cpu() ||
-      !ptr.is_contiguous())
+      !ptr.is_contiguous() || idx.dim() != 1 || idx.scalar_type() != at::kInt || !idx.device().is_cpu())
     return false;
   const int32_t* c = ptr.data_ptr<int32_t>();
   const int64_t rows = ptr.numel() - 1;
   if (c[0] != 0 || c[rows] != idx.numel()) return false;
-  return !GRANET_ISA_CALL(any_decrease, c, rows + 1) && fast_in_range(idx, bound);
+  return !GRANET_ISA_CALL(any_decrease, c, rows + 1);
 }
 
 void check_compressed(const char* op, const char* ptr_name, const at::Tensor& ptr, const char* idx_name,
                       const at::Tensor& idx, int64_t bound) {
-  if (!fast_compressed_ok(ptr, idx, bound)) check_compressed_index(op, ptr_name, ptr, idx_name, idx, bound);
+  if (!fast_pointers_ok(ptr, idx) || !fast_in_range(idx, bound))
+    check_compressed_index(op, ptr_name, ptr, idx_name, idx, bound);
+}
+
+// For kernels that range-check idx as they read it: everything but that range check, which
+// raise_bad_index (after the kernel reported a bad entry) does with its message.
+void check_compressed_pointers(const char* op, const char* ptr_name, const at::Tensor& ptr, const char* idx_name,
+                               const at::Tensor& idx, int64_t bound) {
+  if (!fast_pointers_ok(ptr, idx)) check_compressed_index(op, ptr_name, ptr, idx_name, idx, bound);
+}
+
+[[noreturn]] void raise_bad_index(const char* op, const char* ptr_name, const at::Tensor& ptr, const char* idx_name,
+                                  const at::Tensor& idx, int64_t bound) {
+  check_compressed_index(op, ptr_name, ptr, idx_name, idx, bound);  // names the entry
+  TORCH_CHECK_INDEX(false, op, ": ", idx_name, " holds an entry outside [0, ", bound, ")");
 }
 
 void check_cpu(const char* op, const at::Tensor& t) {
@@ -96,7 +112,8 @@ void check_csc_args(const char* op, const at::Tensor& ccol, const at::Tensor& ro
   TORCH_CHECK_VALUE(values.scalar_type() == dy.scalar_type(), op, ": values dtype ", values.scalar_type(),
                     " does not match dy dtype ", dy.scalar_type());
   TORCH_CHECK_VALUE(perm.numel() == row.numel(), op, ": perm must have as many entries as row_indices");
-  check_compressed(op, "ccol_indices", ccol, "row_indices", row, dy.size(1));
+  // row_indices' range is checked by the backward kernel as it reads it
+  check_compressed_pointers(op, "ccol_indices", ccol, "row_indices", row, dy.size(1));
   // perm's entries are range-checked by the gather that reads them (csc_values).
   if (perm.dim() != 1 || perm.scalar_type() != at::kInt || !perm.device().is_cpu())
     check_index_range(op, "perm", perm, values.numel());
@@ -125,7 +142,8 @@ std::tuple<at::Tensor, at::Tensor> csr_forward(const char* op, const at::Tensor&
                                                const at::Tensor& values_in, const at::Tensor& x,
                                                const std::optional<at::Tensor>& bias_in, bool keep_panels) {
   check_csr_spmm_meta(op, crow, col, values_in, x);
-  check_compressed(op, "crow_indices", crow, "col_indices", col, x.size(1));  // the fast index check
+  // col's range is checked by the kernel as it reads it (no separate pass over the index)
+  check_compressed_pointers(op, "crow_indices", crow, "col_indices", col, x.size(1));
   check_cpu(op, x);
   const int64_t n = x.size(0), k = x.size(1), m = crow.numel() - 1;
   at::Tensor bias;
@@ -148,9 +166,10 @@ std::tuple<at::Tensor, at::Tensor> csr_forward(const char* op, const at::Tensor&
       xp = pack<scalar_t>(x, Scratch::a);
     }
     at::Tensor out = cpu::empty_output({n, m}, x.options());  // written row-major by the kernel
-    GRANET_ISA_CALL(spmm<scalar_t>, c.data_ptr<int32_t>(), j.data_ptr<int32_t>(), values.data_ptr<scalar_t>(),
-                    bias.defined() ? bias.data_ptr<scalar_t>() : nullptr, xp, out.data_ptr<scalar_t>(), n, m, k,
-                    panel_bytes());
+    if (!GRANET_ISA_CALL(spmm<scalar_t>, c.data_ptr<int32_t>(), j.data_ptr<int32_t>(), values.data_ptr<scalar_t>(),
+                         bias.defined() ? bias.data_ptr<scalar_t>() : nullptr, xp, out.data_ptr<scalar_t>(), n, m, k,
+                         panel_bytes()))
+      raise_bad_index(op, "crow_indices", c, "col_indices", j, k);
     return out;
   });
   return {y, panels};
@@ -183,8 +202,9 @@ at::Tensor csr_spmm_t_cpu(const at::Tensor& ccol, const at::Tensor& row, const a
     const scalar_t* w_csc = csc_values<scalar_t>(op, values, perm);
     const scalar_t* dyp = pack<scalar_t>(dy, Scratch::a);
     at::Tensor dx = cpu::empty_output({n, k}, dy.options());
-    GRANET_ISA_CALL(backward<scalar_t>, cc.data_ptr<int32_t>(), r.data_ptr<int32_t>(), w_csc, dyp, nullptr,
-                    dx.data_ptr<scalar_t>(), nullptr, n, m, k, true, false, panel_bytes());
+    if (!GRANET_ISA_CALL(backward<scalar_t>, cc.data_ptr<int32_t>(), r.data_ptr<int32_t>(), w_csc, dyp, nullptr,
+                         dx.data_ptr<scalar_t>(), nullptr, n, m, k, true, false, panel_bytes()))
+      raise_bad_index(op, "ccol_indices", cc, "row_indices", r, m);
     return dx;
   });
 }
@@ -253,8 +273,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> linear_backward(const char* op, c
       xp = pack<scalar_t>(x, Scratch::b);
     }
     at::Tensor grad_x = cpu::empty_output({n, k}, dy.options());
-    GRANET_ISA_CALL(backward<scalar_t>, cc.data_ptr<int32_t>(), r.data_ptr<int32_t>(), w_csc, dyp, xp,
-                    grad_x.data_ptr<scalar_t>(), dw_csc, n, m, k, true, true, panel_bytes());
+    if (!GRANET_ISA_CALL(backward<scalar_t>, cc.data_ptr<int32_t>(), r.data_ptr<int32_t>(), w_csc, dyp, xp,
+                         grad_x.data_ptr<scalar_t>(), dw_csc, n, m, k, true, true, panel_bytes()))
+      raise_bad_index(op, "ccol_indices", cc, "row_indices", r, m);
     // Gradients go back in CSR order, the order of the values. perm is a checked-in-range
     // permutation built with the index; dvalues is written at every perm[s].
     if (row.numel() > 0) dvalues.zero_();

@@ -162,3 +162,42 @@ def test_fused_backward_rejects_bad_panels(bad):
     ccol, row, perm = transpose_index(crow, col, x.shape[1])
     with pytest.raises(ValueError, match=r"\bx_panels\b"):
         torch.ops.granet._native_csr_linear_backward_bias(ccol, row, perm, values, dy, x, bad(panels))
+
+
+# The forward checks col_indices and the backward row_indices in their first panel, as they read
+# them (no separate pass). One bad entry anywhere, in a pattern of several row blocks, panels and
+# column ranges, with one thread or two, must still come back as an error naming the index.
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("batch", [0, 1, 70])
+@pytest.mark.parametrize("bad_value", ["past-end", "negative", "huge"])
+def test_a_bad_index_anywhere_is_caught_by_the_kernels(batch, bad_value, threads, seed):
+    crow, col, values, x, bias, dy = _operands(batch, 300, 200, 0.1, 5, 5, torch.float32, seed)
+    ccol, row, perm = transpose_index(crow, col, x.shape[1])
+    g = torch.Generator().manual_seed(seed)
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        for _ in range(3):
+            pos = int(torch.randint(col.numel(), (1,), generator=g))
+            wrong = {"past-end": None, "negative": -1 - pos % 7, "huge": (1 << 31) - 1}[bad_value]
+            bad_col = col.clone()
+            bad_col[pos] = x.shape[1] if wrong is None else wrong
+            with pytest.raises(IndexError, match=r"\bcol_indices\b"):
+                torch.ops.granet._native_csr_linear_bias(x, crow, bad_col, values, bias)
+            with pytest.raises(IndexError, match=r"\bcol_indices\b"):
+                torch.ops.granet._native_csr_linear_bias_panels(x, crow, bad_col, values, bias)
+            with pytest.raises(IndexError, match=r"\bcol_indices\b"):
+                torch.ops.granet._native_csr_spmm(crow, bad_col, values, x)
+            bad_row = row.clone()
+            bad_row[pos] = dy.shape[1] if wrong is None else wrong
+            with pytest.raises(IndexError, match=r"\brow_indices\b"):
+                torch.ops.granet._native_csr_linear_backward_bias(ccol, bad_row, perm, values, dy, x)
+            with pytest.raises(IndexError, match=r"\brow_indices\b"):
+                torch.ops.granet._native_csr_linear_backward(ccol, bad_row, perm, values, dy, x)
+            with pytest.raises(IndexError, match=r"\brow_indices\b"):
+                torch.ops.granet._native_csr_spmm_t(ccol, bad_row, perm, values, dy)
+        # and the good index still gives the reference's result
+        y = torch.ops.granet._native_csr_linear_bias(x, crow, col, values, bias)
+        torch.testing.assert_close(y, reference.csr_spmm(crow, col, values, x) + bias, rtol=1e-5, atol=1e-5)
+    finally:
+        torch.set_num_threads(before)

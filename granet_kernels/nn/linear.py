@@ -69,8 +69,8 @@ class SparseLinear(SparseWeightMixin, nn.Module):
             raise TypeError(f"SparseLinear: input dtype {input.dtype} does not match the weight's {self.weight.dtype}")
         if input.device != self.weight.device:
             raise ValueError(f"SparseLinear: input is on {input.device} but the weight is on {self.weight.device}")
-        lead = input.shape[:-1]
-        x = input.reshape(-1, self.in_features)
+        flat = input.dim() == 2
+        x = input if flat else input.reshape(-1, self.in_features)
         if self.layout == "masked":
             y = ops.masked_matmul(x, self.weight, self.weight_mask, self.bias)
         elif self.layout == "csr":
@@ -78,7 +78,7 @@ class SparseLinear(SparseWeightMixin, nn.Module):
                                self.weight, self.bias)
         else:
             y = self._bsr_forward(x)
-        return y.reshape(*lead, self.out_features)
+        return y if flat else y.reshape(*input.shape[:-1], self.out_features)
 
     def _bsr_forward(self, x: torch.Tensor) -> torch.Tensor:
         bs = self.blocksize

@@ -12,6 +12,14 @@ from granet_kernels.ops._registry import OpDef
 BACKWARD_HINT = "_granet_backward_hint"
 
 
+def refuse_double_backward(qualname: str) -> None:
+    """The backward formulas call kernels that have no derivative of their own: with create_graph
+    the gradient would be a silently wrong constant, so say so instead."""
+    if torch.is_grad_enabled():
+        raise RuntimeError(f"{qualname}: double backward (create_graph=True) is not supported; the gradients "
+                           "of granet ops are first order only")
+
+
 def register_linear_autograd(opdef: OpDef, backward: Callable):
     """Register `backward(saved_inputs, grad, needs_input_grad, hint) -> grads` for an op; all
     inputs are saved (the products need them); grads not needed may be None. `hint` is what the
@@ -25,6 +33,7 @@ def register_linear_autograd(opdef: OpDef, backward: Callable):
             delattr(output, BACKWARD_HINT)
 
     def bwd(ctx, grad):
+        refuse_double_backward(opdef.qualname)
         grads = backward(ctx.inputs, grad, ctx.needs_input_grad, ctx.hint)
         return tuple(g if needed else None for g, needed in zip(grads, ctx.needs_input_grad))
 

@@ -201,3 +201,60 @@ def test_a_bad_index_anywhere_is_caught_by_the_kernels(batch, bad_value, threads
         torch.testing.assert_close(y, reference.csr_spmm(crow, col, values, x) + bias, rtol=1e-5, atol=1e-5)
     finally:
         torch.set_num_threads(before)
+
+
+def _step(layer, x, dy):
+    layer.zero_grad(set_to_none=True)
+    x.grad = None
+    y = layer(x)
+    y.backward(dy)
+    return y.grad_fn, [y.detach(), x.grad, layer.weight.grad, layer.bias.grad]
+
+
+def test_eager_training_step_skips_the_op_machinery_and_matches_the_op():
+    # Plain eager CPU training goes through _EagerTrainingStep; anything that must see the custom op
+    # (here a dispatch mode, FlopCounterMode) goes through granet::csr_linear. Same kernels, same bits.
+    from torch.utils.flop_counter import FlopCounterMode
+
+    torch.manual_seed(0)
+    layer = gk.SparseLinear(70, 50, density=0.2, layout="csr")
+    x = torch.randn(40, 70, requires_grad=True)
+    dy = torch.randn(40, 50)
+    fn, eager = _step(layer, x, dy)
+    assert type(fn).__name__ == "_EagerTrainingStepBackward"
+    with FlopCounterMode(display=False) as counter:
+        fn, via_op = _step(layer, x, dy)
+    assert type(fn).__name__ != "_EagerTrainingStepBackward"
+    assert counter.get_total_flops() == 3 * 2 * layer.nnz * 40  # forward, dx, dW
+    for a, b in zip(eager, via_op):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+    with gk.backend("reference"):  # a forced backend other than "cpu" takes the op too
+        fn, reference_step = _step(layer, x, dy)
+    assert type(fn).__name__ != "_EagerTrainingStepBackward"
+    for a, b in zip(eager, reference_step):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("layout", ["csr", "masked"])
+@pytest.mark.parametrize("backend", ["auto", "reference"])
+def test_double_backward_is_refused_with_a_clear_error(layout, backend):
+    layer = gk.SparseLinear(8, 6, density=0.5, layout=layout)
+    x = torch.randn(3, 8, requires_grad=True)
+    with gk.backend(backend):
+        loss = layer(x).pow(2).sum()
+        with pytest.raises(RuntimeError, match=r"granet::\w+: double backward \(create_graph=True\) is not supported"):
+            torch.autograd.grad(loss, x, create_graph=True)
+        (g,) = torch.autograd.grad(layer(x).pow(2).sum(), x)  # first order is fine
+    assert g.shape == x.shape
+
+
+def test_eager_training_step_backward_runs_again_with_retain_graph():
+    layer = gk.SparseLinear(12, 9, density=0.4, layout="csr")
+    x = torch.randn(5, 12, requires_grad=True)
+    y = layer(x)
+    assert type(y.grad_fn).__name__ == "_EagerTrainingStepBackward"
+    dy = torch.randn_like(y)
+    first = torch.autograd.grad(y, (x, layer.weight, layer.bias), dy, retain_graph=True)
+    second = torch.autograd.grad(y, (x, layer.weight, layer.bias), dy)
+    for a, b in zip(first, second):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)

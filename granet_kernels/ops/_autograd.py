@@ -1,12 +1,14 @@
-"""Autograd registration helpers shared by the differentiable ops."""
+"""Autograd registration helpers shared by the differentiable ops, and their eager fast path."""
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Any, Callable
 
 import torch
+from torch.utils._python_dispatch import _get_current_dispatch_mode
 
-from granet_kernels.ops._registry import OpDef
+from granet_kernels import backends
+from granet_kernels.ops._registry import OpDef, Kernel, _data_dtype, _supports
 
 
 BACKWARD_HINT = "_granet_backward_hint"
@@ -38,6 +40,65 @@ def register_linear_autograd(opdef: OpDef, backward: Callable):
         return tuple(g if needed else None for g, needed in zip(grads, ctx.needs_input_grad))
 
     torch.library.register_autograd(opdef.qualname, bwd, setup_context=setup_context)
+    _EAGER_BACKWARD[opdef.name] = backward
+
+
+# --- eager fast path ------------------------------------------------------------------------------
+# A custom op's Python autograd wrapper, default filling and backend choice cost ~0.1 ms per call
+# and again per backward (a SparseLinear(16, 16) training step at batch 8: 344 us through the op,
+# 224 us without it; nn.Linear 166 us). A plain eager call on CPU tensors can skip them: the same
+# checks, the same CPU kernel and the same backward formula, in an autograd.Function. Whatever must
+# see the op itself takes the op: torch.compile, dispatch or function modes (FlopCounterMode,
+# fake tensors, export), tensor subclasses, functorch transforms, a forced backend other than cpu.
+
+_EAGER_BACKWARD: dict[str, Callable] = {}
+_PLAIN_TENSOR_TYPES = (torch.Tensor, torch.nn.Parameter, torch.nn.Buffer)
+
+
+class _EagerCall(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, opdef: OpDef, kernel: Kernel, *args):
+        opdef.check(*args)
+        if opdef.check_values is not None:
+            opdef.check_values(*args)
+        output = kernel.fn(*args)
+        ctx.opdef, ctx.inputs = opdef, args
+        ctx.hint = getattr(output, BACKWARD_HINT, None)
+        if ctx.hint is not None:
+            delattr(output, BACKWARD_HINT)
+        return output
+
+    @staticmethod
+    def backward(ctx, grad):
+        refuse_double_backward(ctx.opdef.qualname)
+        needs = ctx.needs_input_grad[2:]
+        grads = _EAGER_BACKWARD[ctx.opdef.name](ctx.inputs, grad, needs, ctx.hint)
+        return (None, None, *(g if needed else None for g, needed in zip(grads, needs)))
+
+
+def _eager_cpu_kernel(opdef: OpDef, args: tuple) -> Kernel | None:
+    """The CPU kernel when this call may skip the op (see above), else None."""
+    if opdef.name not in _EAGER_BACKWARD or torch.compiler.is_compiling():
+        return None
+    kernel = opdef.kernels.get("cpu")
+    if kernel is None or backends.current_backend() not in ("auto", "cpu"):
+        return None
+    for a in args:
+        if isinstance(a, torch.Tensor) and (type(a) not in _PLAIN_TENSOR_TYPES or a.device.type != "cpu"):
+            return None
+    if (_get_current_dispatch_mode() is not None or torch._C._is_torch_function_mode_enabled()
+            or torch._C._functorch.peek_interpreter_stack() is not None):
+        return None
+    return kernel if _supports(kernel, _data_dtype(opdef, args)) else None
+
+
+def call(opdef: OpDef, *args: Any):
+    """torch.ops.granet.<op>(*args) for an op with register_linear_autograd, taking the eager fast
+    path when it can."""
+    kernel = _eager_cpu_kernel(opdef, args)
+    if kernel is None:
+        return opdef.op(*args)
+    return _EagerCall.apply(opdef, kernel, *args)
 
 
 def register_not_differentiable(opdef: OpDef, hint: str):

@@ -6,7 +6,7 @@ import torch
 
 from granet_kernels.ops import _checks as C
 from granet_kernels.ops import reference
-from granet_kernels.ops._autograd import register_linear_autograd, register_not_differentiable
+from granet_kernels.ops._autograd import call, register_linear_autograd, register_not_differentiable
 from granet_kernels.ops._index import transpose_index
 from granet_kernels.ops._registry import Kernel, register_op
 
@@ -128,7 +128,7 @@ register_not_differentiable(bsr_sddmm_def, "use bsr_spmm, whose backward calls i
 
 def bsr_spmm(crow_indices, col_indices, values, x):
     """y = x @ W^T for block-sparse W (values [nnzb, bs, bs]); x [N, K] (K % bs == 0) -> [N, rows*bs]."""
-    return torch.ops.granet.bsr_spmm(crow_indices, col_indices, values, x)
+    return call(bsr_spmm_def, crow_indices, col_indices, values, x)
 
 
 def bsr_spmm_t(ccol_indices, row_indices, perm, values, dy):

@@ -7,7 +7,7 @@ import torch
 
 from granet_kernels.ops import _checks as C
 from granet_kernels.ops import reference
-from granet_kernels.ops._autograd import register_linear_autograd, register_not_differentiable
+from granet_kernels.ops._autograd import call, register_linear_autograd, register_not_differentiable
 from granet_kernels.ops._registry import Kernel, register_op
 
 NATIVE_DTYPES = (torch.float32, torch.float64)
@@ -210,8 +210,9 @@ register_not_differentiable(sparse_conv2d_backward_def, "use sparse_conv2d, whos
 
 def sparse_conv2d(input, crow_indices, col_indices, values, kernel_size, stride=(1, 1), padding=(0, 0), dilation=(1, 1), bias=None):
     """conv2d of input [N, C_in, H, W] with a CSR filter bank over [C_out, C_in*kh*kw]."""
-    return torch.ops.granet.sparse_conv2d(
-        input, crow_indices, col_indices, values, list(kernel_size), list(stride), list(padding), list(dilation), bias
+    return call(
+        sparse_conv2d_def, input, crow_indices, col_indices, values, list(kernel_size), list(stride), list(padding),
+        list(dilation), bias,
     )
 
 

@@ -7,19 +7,11 @@ import threading
 import torch
 from torch.utils.flop_counter import register_flop_formula
 
-from torch.utils._python_dispatch import _get_current_dispatch_mode
-
-from granet_kernels import backends
 from granet_kernels.ops import _checks as C
 from granet_kernels.ops import reference
 from granet_kernels.ops._index import transpose_index
 from granet_kernels.ops._registry import Kernel, register_op, select_backend
-from granet_kernels.ops._autograd import (
-    BACKWARD_HINT,
-    refuse_double_backward,
-    register_linear_autograd,
-    register_not_differentiable,
-)
+from granet_kernels.ops._autograd import BACKWARD_HINT, call, register_linear_autograd, register_not_differentiable
 
 NATIVE_DTYPES = (torch.float32, torch.float64)
 
@@ -227,23 +219,18 @@ def _fused_backward(grad, x, needs) -> bool:
     return needs[0] and needs[6] and select_backend(csr_linear_backward_def, (grad, x)) == "cpu"
 
 
-def _fused_linear_backward(saved, grad, needs, panels):
-    """dx, dW and the bias gradient in one CPU kernel call; `panels`: x as the forward packed it, or None."""
-    x, crow, col, ccol, row, perm, values, bias = saved
-    # The bias gradient comes out of the pass that packs dy, needed or not (it costs nothing).
-    grad_x, grad_values, grad_bias = torch.ops.granet._native_csr_linear_backward_bias(
-        ccol, row, perm, values, grad, x, panels
-    )
-    grad_bias = grad_bias if bias is not None and needs[7] else None
-    return grad_x, None, None, None, None, None, grad_values, grad_bias
-
-
 def _linear_backward(saved, grad, needs, hint=None):
     x, crow, col, ccol, row, perm, values, bias = saved
     need_x, need_values = needs[0], needs[6]
     grad_x = grad_values = None
     if _fused_backward(grad, x, needs):
-        return _fused_linear_backward(saved, grad, needs, hint if isinstance(hint, torch.Tensor) else None)
+        # The bias gradient comes out of the pass that packs dy, needed or not (it costs nothing).
+        panels = hint if isinstance(hint, torch.Tensor) else None
+        grad_x, grad_values, grad_bias = torch.ops.granet._native_csr_linear_backward_bias(
+            ccol, row, perm, values, grad, x, panels
+        )
+        grad_bias = grad_bias if bias is not None and needs[7] else None
+        return grad_x, None, None, None, None, None, grad_values, grad_bias
     if need_x and need_values:
         grad_x, grad_values = torch.ops.granet.csr_linear_backward(ccol, row, perm, values, grad, x)
     elif need_values:
@@ -262,43 +249,6 @@ register_not_differentiable(csr_linear_backward_def, "use csr_spmm, whose backwa
 
 # --- Python face ----------------------------------------------------------------------------------
 
-class _EagerTrainingStep(torch.autograd.Function):
-    """granet::csr_linear's training step on CPU tensors in plain eager mode, without the custom-op
-    machinery around it (its Python autograd wrapper, default filling and backend choice): a
-    SparseLinear(16, 16) step at batch 8 measured 344 -> 224 us, nn.Linear's 166 us. The same checks, the
-    same kernels and the same backward formula as the op; anything else (compile, dispatch or
-    function modes such as FlopCounterMode, tensor subclasses, functorch, a forced backend other
-    than "cpu") takes the op."""
-
-    @staticmethod
-    def forward(ctx, x, crow, col, ccol, row, perm, values, bias):
-        args = (x, crow, col, ccol, row, perm, values, bias)
-        _check_linear(*args)
-        _check_linear_values(*args)
-        y, panels = torch.ops.granet._native_csr_linear_bias_panels(x, crow, col, values, bias)
-        ctx.inputs, ctx.panels = args, panels
-        return y
-
-    @staticmethod
-    def backward(ctx, grad):
-        refuse_double_backward("granet::csr_linear")
-        # x and values both need gradients (csr_linear sends no other call here): the fused kernel.
-        return _fused_linear_backward(ctx.inputs, grad, ctx.needs_input_grad, ctx.panels)
-
-
-def _eager_cpu_step(args) -> bool:
-    x, values = args[0], args[6]
-    return (
-        x.device.type == "cpu" and x.dtype in NATIVE_DTYPES
-        and backends.current_backend() in ("auto", "cpu")
-        and not torch.overrides.has_torch_function(tuple(a for a in args if a is not None))
-        and _get_current_dispatch_mode() is None and not torch._C._is_torch_function_mode_enabled()
-        and torch._C._functorch.peek_interpreter_stack() is None
-        and all(a is None or a.device.type == "cpu" for a in args)
-        and values.dtype == x.dtype
-    )
-
-
 def csr_linear(x, crow_indices, col_indices, ccol_indices, row_indices, perm, values, bias=None):
     """y = x @ W^T + bias for W in CSR with its transposed index given (built once per mask change,
     see transpose_index), so the backward pass needs no index work. Differentiable in x, values, bias."""
@@ -308,19 +258,17 @@ def csr_linear(x, crow_indices, col_indices, ccol_indices, row_indices, perm, va
         isinstance(values, torch.Tensor) and values.requires_grad and isinstance(x, torch.Tensor)
         and x.requires_grad and torch.is_grad_enabled() and not torch.compiler.is_compiling()
     ):
-        if all(a is None or isinstance(a, torch.Tensor) for a in args) and _eager_cpu_step(args):
-            return _EagerTrainingStep.apply(*args)
         _keep_panels.on = True
         try:
-            return torch.ops.granet.csr_linear(*args)
+            return call(csr_linear_def, *args)
         finally:
             _keep_panels.on = False
-    return torch.ops.granet.csr_linear(*args)
+    return call(csr_linear_def, *args)
 
 
 def csr_spmm(crow_indices, col_indices, values, x):
     """y = x @ W^T for W [M, K] in CSR (int32 indices); x [N, K] -> [N, M]. Differentiable in values and x."""
-    return torch.ops.granet.csr_spmm(crow_indices, col_indices, values, x)
+    return call(csr_spmm_def, crow_indices, col_indices, values, x)
 
 
 def csr_spmm_t(ccol_indices, row_indices, perm, values, dy):

@@ -6,7 +6,7 @@ import torch
 
 from granet_kernels.ops import _checks as C
 from granet_kernels.ops import reference
-from granet_kernels.ops._autograd import BACKWARD_HINT, register_linear_autograd
+from granet_kernels.ops._autograd import BACKWARD_HINT, call, register_linear_autograd
 from granet_kernels.ops._registry import Kernel, nnz_of_mask, register_op
 
 OP = "granet::masked_matmul"
@@ -86,4 +86,4 @@ register_linear_autograd(masked_matmul_def, _backward)
 
 def masked_matmul(x, weight, mask, bias=None):
     """y = x @ (weight * mask)^T + bias; x [N, K], weight/mask [M, K] (mask bool) -> [N, M]."""
-    return torch.ops.granet.masked_matmul(x, weight, mask, bias)
+    return call(masked_matmul_def, x, weight, mask, bias)

@@ -9,6 +9,7 @@ import torch.nn.functional as F
 
 import granet_kernels
 from granet_kernels.ops import OPS
+from granet_kernels.ops._autograd import call
 from granet_kernels.ops._index import csr_rows
 from granet_kernels.ops.samples import sample_inputs
 from granet_testing import DEVICES, requires_grad_floats
@@ -38,11 +39,18 @@ def _small_samples(name, device, seed):
     return small
 
 
+def _caller(name, path):
+    """The op itself, or the Python faces' entry point (the eager fast path where it applies)."""
+    opdef = OPS[name]
+    return opdef.op if path == "op" else lambda *args: call(opdef, *args)
+
+
+@pytest.mark.parametrize("path", ["op", "eager"])
 @pytest.mark.parametrize("backend", ["auto", "reference"])
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("name", list(GRAD_ARGS))
-def test_gradcheck(name, device, backend, seed):
-    opdef = OPS[name]
+def test_gradcheck(name, device, backend, path, seed):
+    run = _caller(name, path)
     for i, args in enumerate(_small_samples(name, device, seed)):
         leaves = requires_grad_floats(args, GRAD_ARGS[name])
         positions = [j for j in GRAD_ARGS[name] if isinstance(leaves[j], torch.Tensor)]
@@ -51,7 +59,7 @@ def test_gradcheck(name, device, backend, seed):
             full = list(leaves)
             for j, t in zip(positions, diff):
                 full[j] = t
-            return opdef.op(*full)
+            return run(*full)
 
         fast = _grad_elements(name, args) > GRADCHECK_FULL_ELEMENTS
         with granet_kernels.backend(backend):
@@ -137,19 +145,54 @@ def test_backward_matches_dense(name, device, seed):
             assert not bool(weight_grad[~args[2]].any()), f"sample {i}: gradient leaked outside the mask"
 
 
+@pytest.mark.parametrize("path", ["op", "eager"])
 @pytest.mark.parametrize("name", list(GRAD_ARGS))
-def test_backward_of_one_input_at_a_time(name):
+def test_backward_of_one_input_at_a_time(name, path):
     """needs_input_grad is honoured (the backward takes another path for a single gradient): each
     gradient alone equals the one computed with all of them."""
+    run = _caller(name, path)
     args = sample_inputs(name, dtype=torch.float64, seed=7)[1]
     positions = [j for j in GRAD_ARGS[name] if isinstance(args[j], torch.Tensor)]
     full = requires_grad_floats(args, positions)
     grad_out = torch.randn(OPS[name].op(*args).shape, dtype=torch.float64)
-    together = torch.autograd.grad(OPS[name].op(*full), [full[j] for j in positions], grad_out)
+    together = torch.autograd.grad(run(*full), [full[j] for j in positions], grad_out)
     for k, position in enumerate(positions):
         leaves = requires_grad_floats(args, (position,))
-        (alone,) = torch.autograd.grad(OPS[name].op(*leaves), leaves[position], grad_out)
+        (alone,) = torch.autograd.grad(run(*leaves), leaves[position], grad_out)
         torch.testing.assert_close(alone, together[k], rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("name", list(GRAD_ARGS))
+def test_eager_path_is_taken_and_matches_the_op(name, dtype, seed):
+    """On CPU tensors in plain eager mode `call` skips the custom op (its autograd node is the
+    fast path's) and gives the op's output and gradients bit for bit; under a dispatch mode
+    (FlopCounterMode, which must count the op) or a forced non-CPU backend it is the op."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    opdef = OPS[name]
+    gen = torch.Generator().manual_seed(seed)
+    for i, args in enumerate(sample_inputs(name, dtype=dtype, seed=seed)):
+        positions = [j for j in GRAD_ARGS[name] if isinstance(args[j], torch.Tensor)]
+        mine = requires_grad_floats(args, positions)
+        theirs = requires_grad_floats(args, positions)
+        out = call(opdef, *mine)
+        assert type(out.grad_fn).__name__ == "_EagerCallBackward", f"{name} sample {i}: {out.grad_fn}"
+        ref = opdef.op(*theirs)
+        assert type(ref.grad_fn).__name__ != "_EagerCallBackward"
+        torch.testing.assert_close(out, ref, rtol=0, atol=0)
+        grad_out = torch.randn(out.shape, generator=gen, dtype=dtype)
+        for a, b in zip(torch.autograd.grad(out, [mine[j] for j in positions], grad_out),
+                        torch.autograd.grad(ref, [theirs[j] for j in positions], grad_out)):
+            torch.testing.assert_close(a, b, rtol=0, atol=0)
+        with torch.no_grad():  # inference takes the fast path too
+            torch.testing.assert_close(call(opdef, *args), ref.detach(), rtol=0, atol=0)
+    with FlopCounterMode(display=False) as counter:
+        out = call(opdef, *requires_grad_floats(args, positions))
+    assert type(out.grad_fn).__name__ != "_EagerCallBackward" and counter.get_total_flops() > 0
+    with granet_kernels.backend("reference"):
+        out = call(opdef, *requires_grad_floats(args, positions))
+    assert type(out.grad_fn).__name__ != "_EagerCallBackward"
 
 
 # The backward building blocks (csr_spmm_t, csr_sddmm, bsr_spmm_t, ...): every op but the

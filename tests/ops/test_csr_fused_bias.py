@@ -212,7 +212,7 @@ def _step(layer, x, dy):
 
 
 def test_eager_training_step_skips_the_op_machinery_and_matches_the_op():
-    # Plain eager CPU training goes through _EagerTrainingStep; anything that must see the custom op
+    # Plain eager CPU training goes through the eager fast path (ops._autograd.call); anything that must see the custom op
     # (here a dispatch mode, FlopCounterMode) goes through granet::csr_linear. Same kernels, same bits.
     from torch.utils.flop_counter import FlopCounterMode
 
@@ -221,16 +221,16 @@ def test_eager_training_step_skips_the_op_machinery_and_matches_the_op():
     x = torch.randn(40, 70, requires_grad=True)
     dy = torch.randn(40, 50)
     fn, eager = _step(layer, x, dy)
-    assert type(fn).__name__ == "_EagerTrainingStepBackward"
+    assert type(fn).__name__ == "_EagerCallBackward"
     with FlopCounterMode(display=False) as counter:
         fn, via_op = _step(layer, x, dy)
-    assert type(fn).__name__ != "_EagerTrainingStepBackward"
+    assert type(fn).__name__ != "_EagerCallBackward"
     assert counter.get_total_flops() == 3 * 2 * layer.nnz * 40  # forward, dx, dW
     for a, b in zip(eager, via_op):
         torch.testing.assert_close(a, b, rtol=0, atol=0)
     with gk.backend("reference"):  # a forced backend other than "cpu" takes the op too
         fn, reference_step = _step(layer, x, dy)
-    assert type(fn).__name__ != "_EagerTrainingStepBackward"
+    assert type(fn).__name__ != "_EagerCallBackward"
     for a, b in zip(eager, reference_step):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
 
@@ -252,7 +252,7 @@ def test_eager_training_step_backward_runs_again_with_retain_graph():
     layer = gk.SparseLinear(12, 9, density=0.4, layout="csr")
     x = torch.randn(5, 12, requires_grad=True)
     y = layer(x)
-    assert type(y.grad_fn).__name__ == "_EagerTrainingStepBackward"
+    assert type(y.grad_fn).__name__ == "_EagerCallBackward"
     dy = torch.randn_like(y)
     first = torch.autograd.grad(y, (x, layer.weight, layer.bias), dy, retain_graph=True)
     second = torch.autograd.grad(y, (x, layer.weight, layer.bias), dy)

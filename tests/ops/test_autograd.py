@@ -219,3 +219,21 @@ def test_backward_only_ops_refuse_backward(name):
 
 def tensors_nonempty(args):
     return all(a.numel() > 0 for a in args if isinstance(a, torch.Tensor) and a.is_floating_point())
+
+
+@pytest.mark.parametrize("path", ["op", "eager"])
+@pytest.mark.parametrize("backend", ["auto", "reference"])
+@pytest.mark.parametrize("name", list(GRAD_ARGS))
+def test_double_backward_is_refused_with_a_clear_error(name, backend, path):
+    """The backward formulas call kernels without derivatives of their own: create_graph=True must
+    raise, naming the op, instead of returning a gradient that silently is not differentiable."""
+    run = _caller(name, path)
+    args = sample_inputs(name, dtype=torch.float64, seed=3)[1]
+    positions = [j for j in GRAD_ARGS[name] if isinstance(args[j], torch.Tensor)]
+    leaves = requires_grad_floats(args, positions)
+    with granet_kernels.backend(backend):
+        loss = run(*leaves).pow(2).sum()
+        with pytest.raises(RuntimeError, match=rf"granet::{name}: double backward \(create_graph=True\) is not supported"):
+            torch.autograd.grad(loss, [leaves[j] for j in positions], create_graph=True)
+        grads = torch.autograd.grad(run(*leaves).pow(2).sum(), [leaves[j] for j in positions])  # first order is fine
+    assert all(g.shape == leaves[j].shape for g, j in zip(grads, positions))

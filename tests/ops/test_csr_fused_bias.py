@@ -235,19 +235,6 @@ def test_eager_training_step_skips_the_op_machinery_and_matches_the_op():
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("layout", ["csr", "masked"])
-@pytest.mark.parametrize("backend", ["auto", "reference"])
-def test_double_backward_is_refused_with_a_clear_error(layout, backend):
-    layer = gk.SparseLinear(8, 6, density=0.5, layout=layout)
-    x = torch.randn(3, 8, requires_grad=True)
-    with gk.backend(backend):
-        loss = layer(x).pow(2).sum()
-        with pytest.raises(RuntimeError, match=r"granet::\w+: double backward \(create_graph=True\) is not supported"):
-            torch.autograd.grad(loss, x, create_graph=True)
-        (g,) = torch.autograd.grad(layer(x).pow(2).sum(), x)  # first order is fine
-    assert g.shape == x.shape
-
-
 def test_eager_training_step_backward_runs_again_with_retain_graph():
     layer = gk.SparseLinear(12, 9, density=0.4, layout="csr")
     x = torch.randn(5, 12, requires_grad=True)

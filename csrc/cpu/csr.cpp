@@ -54,6 +54,13 @@ T* pack(const at::Tensor& dense, Scratch slot, T* sums = nullptr) {
 }
 
 
+// The CSC backward and the SDDMM run their AVX2 copies on AVX-512 CPUs too
+// (GRANET_ISA_CALL_AT_MOST_AVX2): their per-nonzero horizontal sums are a vhaddps tree on 8-lane
+// vectors, while the 16-lane AVX-512 copies reduce through slower shuffles. Measured on the Xeon
+// host of an H200 device machine (2026-11-25, W 4096^2, batch 256, 1 thread, same binary with
+// GRANET_CPU_ISA=avx2 / avx512): fused backward 39.1 / 152.1 ms at d = 0.1, 20.8 / 69.3 at 0.05,
+// 9.6 / 30.8 at 0.02; SDDMM 67.1 / 125.4 ms at d = 0.1. The forward and dx alone were equal.
+
 // Fast paths of the O(nnz) index checks, which cost as much as a third of a kernel at low density
 // when run element by element with a branch each: one branch-free (vectorised) pass decides, and the
 // detailed checks of checks.cpp (with their error messages) run only when it finds a bad entry.
@@ -202,7 +209,7 @@ at::Tensor csr_spmm_t_cpu(const at::Tensor& ccol, const at::Tensor& row, const a
     const scalar_t* w_csc = csc_values<scalar_t>(op, values, perm);
     const scalar_t* dyp = pack<scalar_t>(dy, Scratch::a);
     at::Tensor dx = cpu::empty_output({n, k}, dy.options());
-    if (!GRANET_ISA_CALL(backward<scalar_t>, cc.data_ptr<int32_t>(), r.data_ptr<int32_t>(), w_csc, dyp, nullptr,
+    if (!GRANET_ISA_CALL_AT_MOST_AVX2(backward<scalar_t>, cc.data_ptr<int32_t>(), r.data_ptr<int32_t>(), w_csc, dyp, nullptr,
                          dx.data_ptr<scalar_t>(), nullptr, n, m, k, true, false, panel_bytes()))
       raise_bad_index(op, "ccol_indices", cc, "row_indices", r, m);
     return dx;
@@ -227,7 +234,7 @@ at::Tensor csr_sddmm_cpu(const at::Tensor& crow, const at::Tensor& col, const at
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "granet_csr_sddmm_cpu", [&] {
     const scalar_t* dyp = pack<scalar_t>(dy, Scratch::a);
     const scalar_t* xp = pack<scalar_t>(x, Scratch::b);
-    GRANET_ISA_CALL(sddmm<scalar_t>, c.data_ptr<int32_t>(), j.data_ptr<int32_t>(), dyp, xp, dw.data_ptr<scalar_t>(), n,
+    GRANET_ISA_CALL_AT_MOST_AVX2(sddmm<scalar_t>, c.data_ptr<int32_t>(), j.data_ptr<int32_t>(), dyp, xp, dw.data_ptr<scalar_t>(), n,
                     m, k, panel_bytes());
   });
   return dw;
@@ -273,7 +280,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> linear_backward(const char* op, c
       xp = pack<scalar_t>(x, Scratch::b);
     }
     at::Tensor grad_x = cpu::empty_output({n, k}, dy.options());
-    if (!GRANET_ISA_CALL(backward<scalar_t>, cc.data_ptr<int32_t>(), r.data_ptr<int32_t>(), w_csc, dyp, xp,
+    if (!GRANET_ISA_CALL_AT_MOST_AVX2(backward<scalar_t>, cc.data_ptr<int32_t>(), r.data_ptr<int32_t>(), w_csc, dyp, xp,
                          grad_x.data_ptr<scalar_t>(), dw_csc, n, m, k, true, true, panel_bytes()))
       raise_bad_index(op, "ccol_indices", cc, "row_indices", r, m);
     // Gradients go back in CSR order, the order of the values. perm is a checked-in-range

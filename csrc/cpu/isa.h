@@ -19,8 +19,14 @@ const char* isa_name(Isa isa);
   (::granet::cpu::active_isa() == ::granet::cpu::Isa::avx512 ? ::granet::cpu::avx512::fn(__VA_ARGS__) \
    : ::granet::cpu::active_isa() == ::granet::cpu::Isa::avx2 ? ::granet::cpu::avx2::fn(__VA_ARGS__) \
                                                              : ::granet::cpu::generic::fn(__VA_ARGS__))
+// The same, but the AVX2 copy where the CPU has AVX-512: for kernels whose AVX-512 copy measured
+// slower than their AVX2 copy on an AVX-512 host (see where it is used).
+#define GRANET_ISA_CALL_AT_MOST_AVX2(fn, ...)                                       \
+  (::granet::cpu::active_isa() != ::granet::cpu::Isa::generic ? ::granet::cpu::avx2::fn(__VA_ARGS__) \
+                                                             : ::granet::cpu::generic::fn(__VA_ARGS__))
 #else
 #define GRANET_ISA_CALL(fn, ...) ::granet::cpu::generic::fn(__VA_ARGS__)
+#define GRANET_ISA_CALL_AT_MOST_AVX2(fn, ...) ::granet::cpu::generic::fn(__VA_ARGS__)
 #endif
 
 // Batch panels of the CSR kernels: activations are packed as [N/BT][K][BT] so each nonzero streams

@@ -20,13 +20,12 @@ std::tuple<at::Tensor, at::Tensor> csr_linear_panels_cpu(const at::Tensor& x, co
                                                          const at::Tensor& col, const at::Tensor& values,
                                                          const std::optional<at::Tensor>& bias);
 // csr_linear_backward plus the bias gradient (dy summed over the batch while it is packed); x_panels,
-// if given, is x as csr_linear_panels_cpu packed it (then x is not packed again).
-std::tuple<at::Tensor, at::Tensor, at::Tensor> csr_linear_backward_bias_cpu(const at::Tensor& ccol,
-                                                                            const at::Tensor& row,
-                                                                            const at::Tensor& perm,
-                                                                            const at::Tensor& values,
-                                                                            const at::Tensor& dy, const at::Tensor& x,
-                                                                            const std::optional<at::Tensor>& x_panels);
+// if given, is x as csr_linear_panels_cpu packed it (then x is not packed again). With the CSR index
+// (crow, col) too, a batch that fits one panel runs the CSR-order backward (no gather or scatter).
+std::tuple<at::Tensor, at::Tensor, at::Tensor> csr_linear_backward_bias_cpu(
+    const at::Tensor& ccol, const at::Tensor& row, const at::Tensor& perm, const at::Tensor& values,
+    const at::Tensor& dy, const at::Tensor& x, const std::optional<at::Tensor>& x_panels,
+    const std::optional<at::Tensor>& crow, const std::optional<at::Tensor>& col);
 // dx[N, K] = dy[N, M] @ W through W's CSC index (ccol [K+1], row [nnz], perm [nnz] -> CSR position).
 at::Tensor csr_spmm_t_cpu(const at::Tensor& ccol, const at::Tensor& row, const at::Tensor& perm,
                           const at::Tensor& values, const at::Tensor& dy);

@@ -61,8 +61,10 @@ TORCH_LIBRARY(granet, m) {
   // summed as dy is packed): (x, crow, col, values, bias) and (dx, dvalues, dbias).
   m.def("_native_csr_linear_bias(Tensor x, Tensor crow_indices, Tensor col_indices, Tensor values, "
         "Tensor? bias=None) -> Tensor");
+  // With crow_indices / col_indices given, small batches take the CSR-order backward (csr_impl.h).
   m.def("_native_csr_linear_backward_bias(Tensor ccol_indices, Tensor row_indices, Tensor perm, Tensor values, "
-        "Tensor dy, Tensor x, Tensor? x_panels=None) -> (Tensor, Tensor, Tensor)");
+        "Tensor dy, Tensor x, Tensor? x_panels=None, Tensor? crow_indices=None, Tensor? col_indices=None) "
+        "-> (Tensor, Tensor, Tensor)");
   // The forward kernel that also returns x as packed (training: the backward reuses it as x_panels).
   m.def("_native_csr_linear_bias_panels(Tensor x, Tensor crow_indices, Tensor col_indices, Tensor values, "
         "Tensor? bias=None) -> (Tensor, Tensor)");

@@ -22,20 +22,34 @@ namespace {
 
 using cpu::Scratch;
 
-// Batch-panel width of the CSR kernels in bytes (128 by default, 64 by GRANET_CSR_PANEL_BYTES, for
-// benchmarks): see csr_impl.h. With the panel-outer backward and software prefetch, 128-byte panels
-// (32 fp32 lanes: half the index passes) measured faster at every density on Zen 3.
-int panel_bytes() {
+// Batch-panel width of the CSR kernels in bytes, a function of the batch size n and the element
+// size only, so that the forward and the backward agree on the layout of the x panels they share.
+// Wide panels (128 bytes: 32 fp32 lanes) read the index and values once per 32 batch rows and, with
+// the panel-outer backward and software prefetch, measured fastest at every density on Zen 3 at
+// batch 256. A batch narrower than a panel fills only some lanes and the kernels still pay for all
+// of them, so small batches take the narrowest panel that holds them: 64 bytes, or 32 (one AVX2
+// vector) where the active ISA's vectors are no wider (the AVX-512 copies need whole 64-byte vectors).
+// GRANET_CSR_PANEL_BYTES=32|64|128 forces a width, for benchmarks (32 only where allowed).
+int panel_bytes(int64_t n, int64_t elem_size) {
   static const int forced = [] {
     const char* env = std::getenv("GRANET_CSR_PANEL_BYTES");
     return env == nullptr ? 0 : std::atoi(env);
   }();
-  return forced == 64 || forced == 128 ? forced : 128;
+  const int narrowest = cpu::active_isa() == cpu::Isa::avx512 ? 64 : 32;
+  if ((forced == 32 && narrowest == 32) || forced == 64 || forced == 128) return forced;
+  for (int bytes = narrowest; bytes < 128; bytes *= 2)
+    if (n * elem_size <= bytes) return bytes;
+  return 128;
+}
+
+template <typename T>
+int panel_bytes_of(int64_t n) {
+  return panel_bytes(n, static_cast<int64_t>(sizeof(T)));
 }
 
 template <typename T>
 int64_t panel_elems(int64_t n, int64_t k) {
-  const int64_t bt = panel_bytes() / static_cast<int64_t>(sizeof(T));
+  const int64_t bt = panel_bytes_of<T>(n) / static_cast<int64_t>(sizeof(T));
   return ((n + bt - 1) / bt) * k * bt;
 }
 
@@ -44,7 +58,8 @@ int64_t panel_elems(int64_t n, int64_t k) {
 template <typename T>
 T* pack_into(const at::Tensor& dense, T* panels, T* sums = nullptr) {
   const at::Tensor src = dense.contiguous();
-  GRANET_ISA_CALL(pack<T>, src.data_ptr<T>(), panels, dense.size(0), dense.size(1), panel_bytes(), sums);
+  GRANET_ISA_CALL(pack<T>, src.data_ptr<T>(), panels, dense.size(0), dense.size(1), panel_bytes_of<T>(dense.size(0)),
+                  sums);
   return panels;
 }
 
@@ -175,7 +190,7 @@ std::tuple<at::Tensor, at::Tensor> csr_forward(const char* op, const at::Tensor&
     at::Tensor out = cpu::empty_output({n, m}, x.options());  // written row-major by the kernel
     if (!GRANET_ISA_CALL(spmm<scalar_t>, c.data_ptr<int32_t>(), j.data_ptr<int32_t>(), values.data_ptr<scalar_t>(),
                          bias.defined() ? bias.data_ptr<scalar_t>() : nullptr, xp, out.data_ptr<scalar_t>(), n, m, k,
-                         panel_bytes()))
+                         panel_bytes_of<scalar_t>(n)))
       raise_bad_index(op, "crow_indices", c, "col_indices", j, k);
     return out;
   });
@@ -210,7 +225,7 @@ at::Tensor csr_spmm_t_cpu(const at::Tensor& ccol, const at::Tensor& row, const a
     const scalar_t* dyp = pack<scalar_t>(dy, Scratch::a);
     at::Tensor dx = cpu::empty_output({n, k}, dy.options());
     if (!GRANET_ISA_CALL_AT_MOST_AVX2(backward<scalar_t>, cc.data_ptr<int32_t>(), r.data_ptr<int32_t>(), w_csc, dyp, nullptr,
-                         dx.data_ptr<scalar_t>(), nullptr, n, m, k, true, false, panel_bytes()))
+                         dx.data_ptr<scalar_t>(), nullptr, n, m, k, true, false, panel_bytes_of<scalar_t>(n)))
       raise_bad_index(op, "ccol_indices", cc, "row_indices", r, m);
     return dx;
   });
@@ -235,7 +250,7 @@ at::Tensor csr_sddmm_cpu(const at::Tensor& crow, const at::Tensor& col, const at
     const scalar_t* dyp = pack<scalar_t>(dy, Scratch::a);
     const scalar_t* xp = pack<scalar_t>(x, Scratch::b);
     GRANET_ISA_CALL_AT_MOST_AVX2(sddmm<scalar_t>, c.data_ptr<int32_t>(), j.data_ptr<int32_t>(), dyp, xp, dw.data_ptr<scalar_t>(), n,
-                    m, k, panel_bytes());
+                    m, k, panel_bytes_of<scalar_t>(n));
   });
   return dw;
 }
@@ -243,11 +258,27 @@ at::Tensor csr_sddmm_cpu(const at::Tensor& crow, const at::Tensor& col, const at
 namespace {
 
 // (dx, dvalues, dbias): dbias (the column sums of dy) only with `bias_grad`, summed while dy is packed.
+// Whether a batch of n rows takes the CSR-order backward (csr_backward_rows) when the CSR index is at
+// hand: when the batch fits one 128-byte panel (32 fp32 rows). There the CSC backward's value gather
+// and dW scatter cost more than the products: W 4096^2, 1 thread, Zen 3, rows / CSC + gather + scatter,
+// ms: batch 16 4.5 / 8.4 (d = 0.05), 21.1 / 63.1 (0.2); batch 32 9.2 / 12.5, 36.4 / 73.1; at batch 64
+// (two panels) 13.6 / 12.8 and 81.4 / 92.3, batch 96 23.6 / 18.4 (d = 0.05). GRANET_CSR_ROWS_BACKWARD_MAX_N
+// sets the largest batch instead (0: never), for benchmarks.
+bool rows_backward(int64_t n, int64_t elem_size) {
+  static const int64_t forced = [] {
+    const char* env = std::getenv("GRANET_CSR_ROWS_BACKWARD_MAX_N");
+    return env == nullptr ? int64_t(-1) : static_cast<int64_t>(std::atoll(env));
+  }();
+  return forced >= 0 ? n <= forced : n * elem_size <= 128;
+}
+
 std::tuple<at::Tensor, at::Tensor, at::Tensor> linear_backward(const char* op, const at::Tensor& ccol,
                                                                const at::Tensor& row, const at::Tensor& perm,
                                                                const at::Tensor& values, const at::Tensor& dy,
                                                                const at::Tensor& x, bool bias_grad,
-                                                               const std::optional<at::Tensor>& x_panels_in) {
+                                                               const std::optional<at::Tensor>& x_panels_in,
+                                                               const std::optional<at::Tensor>& crow_in = std::nullopt,
+                                                               const std::optional<at::Tensor>& col_in = std::nullopt) {
   check_csc_args(op, ccol, row, perm, values, dy);
   check_dense(op, "x", x);
   check_same_device(op, dy, {&x});
@@ -257,13 +288,26 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> linear_backward(const char* op, c
   TORCH_CHECK_VALUE(x.size(1) == ccol.numel() - 1, op, ": x.shape[1] must be len(ccol_indices) - 1 = ",
                     ccol.numel() - 1, ", got ", x.size(1));
   const int64_t n = dy.size(0), m = dy.size(1), k = x.size(1);
+  const bool by_rows = crow_in.has_value() && crow_in->defined() && col_in.has_value() && col_in->defined() &&
+                       rows_backward(n, dy.element_size());
+  at::Tensor crow, col;
+  if (by_rows) {
+    crow = crow_in->contiguous();
+    col = col_in->contiguous();
+    check_same_device(op, dy, {&crow, &col});
+    TORCH_CHECK_VALUE(crow.dim() == 1 && crow.numel() == m + 1, op, ": crow_indices must be 1-D with dy.shape[1] + 1 = ",
+                      m + 1, " entries, got shape ", crow.sizes());
+    TORCH_CHECK_VALUE(col.dim() == 1 && col.numel() == values.numel(), op,
+                      ": col_indices must be 1-D with one entry per value (", values.numel(), "), got shape ",
+                      col.sizes());
+    // col's range is checked by the kernel as it reads it
+    check_compressed_pointers(op, "crow_indices", crow, "col_indices", col, k);
+  }
   const at::Tensor cc = ccol.contiguous(), r = row.contiguous(), pc = perm.contiguous();
   at::Tensor dvalues = cpu::empty_output({row.numel()}, dy.options());
   at::Tensor dbias = bias_grad ? at::empty({m}, dy.options()) : at::Tensor();
   at::Tensor dx = AT_DISPATCH_FLOATING_TYPES(dy.scalar_type(), "granet_csr_linear_backward_cpu", [&] {
-    const scalar_t* w_csc = csc_values<scalar_t>(op, values, perm);
-    scalar_t* dw_csc = cpu::scratch_of<scalar_t>(Scratch::e, row.numel());
-    const int64_t bt = panel_bytes() / static_cast<int64_t>(sizeof(scalar_t));
+    const int64_t bt = panel_bytes_of<scalar_t>(n) / static_cast<int64_t>(sizeof(scalar_t));
     const int64_t n_panels = (n + bt - 1) / bt;
     scalar_t* sums = bias_grad ? cpu::scratch_of<scalar_t>(Scratch::f, n_panels * m) : nullptr;
     const scalar_t* dyp = pack<scalar_t>(dy, Scratch::a, sums);
@@ -280,13 +324,32 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> linear_backward(const char* op, c
       xp = pack<scalar_t>(x, Scratch::b);
     }
     at::Tensor grad_x = cpu::empty_output({n, k}, dy.options());
-    if (!GRANET_ISA_CALL_AT_MOST_AVX2(backward<scalar_t>, cc.data_ptr<int32_t>(), r.data_ptr<int32_t>(), w_csc, dyp, xp,
-                         grad_x.data_ptr<scalar_t>(), dw_csc, n, m, k, true, true, panel_bytes()))
-      raise_bad_index(op, "ccol_indices", cc, "row_indices", r, m);
-    // Gradients go back in CSR order, the order of the values. perm is a checked-in-range
-    // permutation built with the index; dvalues is written at every perm[s].
-    if (row.numel() > 0) dvalues.zero_();
-    GRANET_ISA_CALL(scatter_values<scalar_t>, dw_csc, pc.data_ptr<int32_t>(), dvalues.data_ptr<scalar_t>(), row.numel());
+    if (by_rows) {  // values and dvalues in their own (CSR) order: no gather, no scatter
+      const at::Tensor v = values.contiguous();
+#ifdef _OPENMP
+      const int threads = omp_get_max_threads();
+#else
+      const int threads = 1;
+#endif
+      scalar_t* bufs = cpu::scratch_of<scalar_t>(Scratch::c, static_cast<size_t>(threads) * k * bt);
+      if (!GRANET_ISA_CALL_AT_MOST_AVX2(backward_rows<scalar_t>, crow.data_ptr<int32_t>(), col.data_ptr<int32_t>(),
+                                        v.data_ptr<scalar_t>(), dyp, xp, grad_x.data_ptr<scalar_t>(),
+                                        dvalues.data_ptr<scalar_t>(), bufs, threads, n, m, k,
+                                        panel_bytes_of<scalar_t>(n)))
+        raise_bad_index(op, "crow_indices", crow, "col_indices", col, k);
+    } else {
+      const scalar_t* w_csc = csc_values<scalar_t>(op, values, perm);
+      scalar_t* dw_csc = cpu::scratch_of<scalar_t>(Scratch::e, row.numel());
+      if (!GRANET_ISA_CALL_AT_MOST_AVX2(backward<scalar_t>, cc.data_ptr<int32_t>(), r.data_ptr<int32_t>(), w_csc, dyp,
+                                        xp, grad_x.data_ptr<scalar_t>(), dw_csc, n, m, k, true, true,
+                                        panel_bytes_of<scalar_t>(n)))
+        raise_bad_index(op, "ccol_indices", cc, "row_indices", r, m);
+      // Gradients go back in CSR order, the order of the values. perm is a checked-in-range
+      // permutation built with the index; dvalues is written at every perm[s].
+      if (row.numel() > 0) dvalues.zero_();
+      GRANET_ISA_CALL(scatter_values<scalar_t>, dw_csc, pc.data_ptr<int32_t>(), dvalues.data_ptr<scalar_t>(),
+                      row.numel());
+    }
     if (bias_grad) {  // panel partial sums, added in panel order: deterministic
       scalar_t* db = dbias.data_ptr<scalar_t>();
       for (int64_t i = 0; i < m; ++i) db[i] = n_panels > 0 ? sums[i] : scalar_t(0);
@@ -313,8 +376,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> csr_linear_backward_bias_cpu(cons
                                                                             const at::Tensor& perm,
                                                                             const at::Tensor& values,
                                                                             const at::Tensor& dy, const at::Tensor& x,
-                                                                            const std::optional<at::Tensor>& x_panels) {
-  return linear_backward("granet::csr_linear", ccol, row, perm, values, dy, x, true, x_panels);
+                                                                            const std::optional<at::Tensor>& x_panels,
+                                                                            const std::optional<at::Tensor>& crow,
+                                                                            const std::optional<at::Tensor>& col) {
+  return linear_backward("granet::csr_linear", ccol, row, perm, values, dy, x, true, x_panels, crow, col);
 }
 
 }  // namespace granet

@@ -165,7 +165,9 @@ inline uint32_t index_bound(int64_t bound) {
 constexpr int kPrefetchAhead = 16;
 template <typename T, int BT>
 inline void prefetch_row(const T* r) {
-  for (int l = 0; l < static_cast<int>(BT * sizeof(T) / 64); ++l) __builtin_prefetch(r + l * (64 / sizeof(T)));
+  // A panel row narrower than a line lies inside one line (panels are 64-byte aligned).
+  constexpr int lines = (BT * sizeof(T) + 63) / 64;
+  for (int l = 0; l < lines; ++l) __builtin_prefetch(r + l * (64 / sizeof(T)));
 }
 
 // Independent accumulator sets so that about 8 vectors are in flight (FMA latency x throughput),
@@ -505,6 +507,159 @@ void scatter(const T* dw_csc, const int32_t* perm, T* out, int64_t nnz) {
   }
 }
 
+// Backward in CSR order, fused, for small batches (one or two panels): walking W by rows i, dy's
+// panel row i stays in registers; each nonzero (i, j) loads x's panel row j and the dx accumulator
+// row j of a [k][BT] buffer (L2-resident for the batches this runs at):
+//   dw(i, j) += <dy[:, i], x[:, j]>     (written in the values' own, CSR, order)
+//   dx[:, j] += w(i, j) * dy[:, i]      (read-modify-write of the buffer row)
+// Against the CSC backward it needs no value gather into CSC order, no dW scatter back and no
+// zeroing of dW: per-nonzero passes that cost more than the products themselves when the batch
+// fills only one panel. Threads take row ranges (balanced by nonzeros) and their own dx buffer
+// (dx_bufs: threads x k x BT), summed into dx_out after each panel. The first panel range-checks
+// col as it reads it (false: a bad entry; the caller raises). crow must be checked by the caller.
+template <typename T, int BT>
+bool csr_backward_rows(const int32_t* crow, const int32_t* col, const T* values, const T* dyp, const T* xp, T* dx_out,
+                       T* dw, T* dx_bufs, int max_threads, int64_t n, int64_t m, int64_t k) {
+  using S = Simd<T>;
+  using vec = typename S::vec;
+  constexpr int NV = BT / S::lanes;
+  constexpr bool kGroup8 = kDotGroupsOf8 && sizeof(T) == 4;
+  constexpr int G = kGroup8 ? 8 : 4;
+  const int64_t n_panels = (n + BT - 1) / BT;
+  const int64_t nnz = crow[m];
+  const uint32_t kb = index_bound(k);
+  if (n_panels == 0) {  // no batch rows: dW is zero, dx empty (and the index is still checked)
+    uint32_t bad = 0;
+    for (int64_t q = 0; q < nnz; ++q) {
+      dw[q] = T(0);
+      bad |= static_cast<uint32_t>(static_cast<uint32_t>(col[q]) >= kb);
+    }
+    return bad == 0;
+  }
+  int bad_flag = 0;
+#pragma omp parallel num_threads(max_threads)
+  {
+#ifdef _OPENMP
+    const int64_t nt = omp_get_num_threads(), t = omp_get_thread_num();
+#else
+    const int64_t nt = 1, t = 0;
+#endif
+    // Rows [i0, i1): the cost crow[i] + i (slots plus per-row work) split evenly.
+    const int64_t total = nnz + m;
+    auto split = [&](int64_t part) {
+      const int64_t target = total * part / nt;
+      int64_t lo = 0, hi = m;
+      while (lo < hi) {
+        const int64_t mid = (lo + hi) / 2;
+        if (static_cast<int64_t>(crow[mid]) + mid < target) lo = mid + 1;
+        else hi = mid;
+      }
+      return lo;
+    };
+    const int64_t i0 = split(t), i1 = t + 1 == nt ? m : split(t + 1);
+    T* buf = dx_bufs + t * k * BT;
+    // Columns [c0, c1) of the dx sum after each panel.
+    const int64_t c0 = k * t / nt, c1 = k * (t + 1) / nt;
+    auto rows_pass = [&]<bool FIRST>(int64_t p) -> bool {
+      // Locals, not the captured references: the vector stores (memcpy) may alias anything, and the
+      // compiler would reload every captured variable after each one.
+      const int32_t* const crow_l = crow;
+      const int32_t* const col_l = col;
+      const T* const values_l = values;
+      T* const dw_l = dw;
+      T* const buf_l = buf;
+      const uint32_t kb_l = kb;
+      const int64_t nnz_l = nnz, row_end = i1;
+      const T* dy_panel = dyp + p * m * BT;
+      const T* x_panel = xp + p * k * BT;
+      for (int64_t e = 0; e < k * BT; e += S::lanes) S::store(buf_l + e, vec{});
+      for (int64_t i = i0; i < row_end; ++i) {
+        vec d[NV];
+        for (int v = 0; v < NV; ++v) d[v] = S::load(dy_panel + i * BT + v * S::lanes);
+        int64_t q = crow_l[i];
+        const int64_t q_end = crow_l[i + 1];
+        for (; q + G <= q_end; q += G) {
+          if (q + G - 1 + kPrefetchAhead < nnz_l)
+            for (int u = 0; u < G; ++u) {
+              const int64_t c = static_cast<uint32_t>(col_l[q + u + kPrefetchAhead]);
+              prefetch_row<T, BT>(x_panel + c * BT);
+              prefetch_row<T, BT>(buf_l + c * BT);
+            }
+          vec dot[G];
+          for (int u = 0; u < G; ++u) {
+            const uint32_t c = static_cast<uint32_t>(col_l[q + u]);
+            if (FIRST && c >= kb_l) return false;
+            const T* xr = x_panel + static_cast<int64_t>(c) * BT;
+            T* br = buf_l + static_cast<int64_t>(c) * BT;
+            vec xv[NV];
+            for (int v = 0; v < NV; ++v) xv[v] = S::load(xr + v * S::lanes);
+            const vec w = S::splat(values_l[q + u]);
+            for (int v = 0; v < NV; ++v) S::store(br + v * S::lanes, S::load(br + v * S::lanes) + w * d[v]);
+            dot[u] = dot_chain<vec, NV>(d, xv);
+#if GRANET_VECTOR_BYTES == 32
+            if constexpr (kGroup8)
+              if (u & 1) dot[u - 1] = hadd8(dot[u - 1], dot[u]);
+#endif
+          }
+#if GRANET_VECTOR_BYTES == 32
+          if constexpr (kGroup8) {
+            const f32x8 h[4] = {dot[0], dot[2], dot[4], dot[6]};
+            add_hsum8(h, dw_l + q, FIRST);
+          } else
+#endif
+            add_hsum4<T>(dot, dw_l + q, FIRST);
+        }
+        for (; q < q_end; ++q) {
+          const uint32_t c = static_cast<uint32_t>(col_l[q]);
+          if (FIRST && c >= kb_l) return false;
+          const T* xr = x_panel + static_cast<int64_t>(c) * BT;
+          T* br = buf_l + static_cast<int64_t>(c) * BT;
+          const vec w = S::splat(values_l[q]);
+          vec dot = vec{};
+          for (int v = 0; v < NV; ++v) {
+            S::store(br + v * S::lanes, S::load(br + v * S::lanes) + w * d[v]);
+            dot += d[v] * S::load(xr + v * S::lanes);
+          }
+          const T h = S::hsum(dot);
+          dw_l[q] = FIRST ? h : dw_l[q] + h;
+        }
+      }
+      return true;
+    };
+    // Sums the threads' buffers over this thread's columns into dx_out (panel p's batch rows).
+    auto sum_pass = [&](int64_t p) {
+      constexpr int64_t kTileRows = 64;
+      alignas(64) T tile[kTileRows * BT];
+      const int64_t lanes = min_i64(BT, n - p * BT);
+      for (int64_t j0 = c0; j0 < c1; j0 += kTileRows) {
+        const int64_t rows = min_i64(kTileRows, c1 - j0);
+        for (int64_t j = 0; j < rows; ++j)
+          for (int v = 0; v < NV; ++v) {
+            vec a = S::load(dx_bufs + (j0 + j) * BT + v * S::lanes);
+            for (int64_t u = 1; u < nt; ++u) a += S::load(dx_bufs + (u * k + j0 + j) * BT + v * S::lanes);
+            S::store(tile + j * BT + v * S::lanes, a);
+          }
+        store_tile<T, BT>(tile, rows, dx_out + p * BT * k + j0, k, lanes);
+      }
+    };
+    for (int64_t p = 0; p < n_panels; ++p) {
+      const bool ok = p == 0 ? rows_pass.template operator()<true>(p) : rows_pass.template operator()<false>(p);
+      if (!ok) {
+#pragma omp atomic write
+        bad_flag = 1;
+      }
+#pragma omp barrier
+      int stop;
+#pragma omp atomic read
+      stop = bad_flag;
+      if (stop != 0) break;  // the same for every thread: read after the barrier, written before it
+      sum_pass(p);
+#pragma omp barrier
+    }
+  }
+  return bad_flag == 0;
+}
+
 // SDDMM in CSR order: dw[q] = <dy[:, i], x[:, col(q)]> for the nonzeros q of row i.
 template <typename T, int BT>
 void csr_sddmm_panels(const int32_t* crow, const int32_t* col, const T* dyp, const T* xp, T* dw, int64_t n,
@@ -539,9 +694,20 @@ void csr_sddmm_panels(const int32_t* crow, const int32_t* col, const T* dyp, con
 
 }  // namespace
 
-// Entry points. The panel width is one or two cache lines (`panel_bytes` 64 or 128): wider panels
-// read the index and values fewer times (once per panel), narrower ones keep a panel in L2.
+// Entry points. The panel width `panel_bytes` is 32, 64 or 128 (chosen by the caller from the batch
+// size): wider panels read the index and values fewer times (once per panel), narrower ones waste
+// no lanes on small batches. 32-byte panels exist only where a vector is at most 32 bytes wide.
+#if GRANET_VECTOR_BYTES <= 32
+#define GRANET_CSR_PANEL_32(call)                    \
+  if (panel_bytes == 32) {                           \
+    constexpr int BT = 32 / sizeof(T);               \
+    call;                                            \
+  } else
+#else
+#define GRANET_CSR_PANEL_32(call)
+#endif
 #define GRANET_CSR_PANEL_DISPATCH(call)              \
+  GRANET_CSR_PANEL_32(call)                          \
   if (panel_bytes == 128) {                          \
     constexpr int BT = 128 / sizeof(T);              \
     call;                                            \
@@ -561,12 +727,19 @@ inline void unpack(const T* panels, T* out, int64_t n, int64_t k, int panel_byte
 template <typename T>
 inline bool spmm(const int32_t* crow, const int32_t* col, const T* values, const T* bias, const T* xp, T* y, int64_t n,
                  int64_t m, int64_t k, int panel_bytes) {
+#if GRANET_VECTOR_BYTES <= 32
+  if (panel_bytes == 32) return csr_spmm_panels<T, 32 / sizeof(T)>(crow, col, values, bias, xp, y, n, m, k);
+#endif
   if (panel_bytes == 128) return csr_spmm_panels<T, 128 / sizeof(T)>(crow, col, values, bias, xp, y, n, m, k);
   return csr_spmm_panels<T, 64 / sizeof(T)>(crow, col, values, bias, xp, y, n, m, k);
 }
 template <typename T, bool DX, bool DW>
 inline bool backward_panels(const int32_t* ccol, const int32_t* row, const T* w_csc, const T* dyp, const T* xp, T* dx,
                             T* dw_csc, int64_t n, int64_t m, int64_t k, int panel_bytes) {
+#if GRANET_VECTOR_BYTES <= 32
+  if (panel_bytes == 32)
+    return csc_backward_panels<T, 32 / sizeof(T), DX, DW>(ccol, row, w_csc, dyp, xp, dx, dw_csc, n, m, k);
+#endif
   if (panel_bytes == 128)
     return csc_backward_panels<T, 128 / sizeof(T), DX, DW>(ccol, row, w_csc, dyp, xp, dx, dw_csc, n, m, k);
   return csc_backward_panels<T, 64 / sizeof(T), DX, DW>(ccol, row, w_csc, dyp, xp, dx, dw_csc, n, m, k);
@@ -578,6 +751,18 @@ inline bool backward(const int32_t* ccol, const int32_t* row, const T* w_csc, co
   if (need_dx && need_dw) return backward_panels<T, true, true>(ccol, row, w_csc, dyp, xp, dx, dw_csc, n, m, k, panel_bytes);
   if (need_dx) return backward_panels<T, true, false>(ccol, row, w_csc, dyp, xp, dx, dw_csc, n, m, k, panel_bytes);
   return backward_panels<T, false, true>(ccol, row, w_csc, dyp, xp, dx, dw_csc, n, m, k, panel_bytes);
+}
+// dx_bufs: max_threads * k * (panel width) elements.
+template <typename T>
+inline bool backward_rows(const int32_t* crow, const int32_t* col, const T* values, const T* dyp, const T* xp, T* dx,
+                          T* dw, T* dx_bufs, int max_threads, int64_t n, int64_t m, int64_t k, int panel_bytes) {
+#if GRANET_VECTOR_BYTES <= 32
+  if (panel_bytes == 32)
+    return csr_backward_rows<T, 32 / sizeof(T)>(crow, col, values, dyp, xp, dx, dw, dx_bufs, max_threads, n, m, k);
+#endif
+  if (panel_bytes == 128)
+    return csr_backward_rows<T, 128 / sizeof(T)>(crow, col, values, dyp, xp, dx, dw, dx_bufs, max_threads, n, m, k);
+  return csr_backward_rows<T, 64 / sizeof(T)>(crow, col, values, dyp, xp, dx, dw, dx_bufs, max_threads, n, m, k);
 }
 template <typename T>
 inline bool gather_values(const T* values, const int32_t* perm, T* out, int64_t nnz) {
@@ -607,6 +792,7 @@ inline bool any_decrease(const int32_t* c, int64_t n) {
 }
 
 #undef GRANET_CSR_PANEL_DISPATCH
+#undef GRANET_CSR_PANEL_32
 
 }  // namespace GRANET_ISA
 }  // namespace cpu

@@ -204,7 +204,7 @@ register_linear_autograd(csr_spmm_def, _spmm_backward)
 # The CPU kernel of the training step's backward with the bias gradient fused (summed while dy is
 # packed, not in another pass over dy); called from the autograd formula, so it has a fake impl.
 torch.library.register_fake("granet::_native_csr_linear_backward_bias")(
-    lambda ccol, row, perm, values, dy, x, x_panels=None: (
+    lambda ccol, row, perm, values, dy, x, x_panels=None, crow=None, col=None: (
         x.new_empty(x.shape), x.new_empty(row.shape[0]), dy.new_empty(dy.shape[1])
     )
 )
@@ -226,8 +226,9 @@ def _linear_backward(saved, grad, needs, hint=None):
     if _fused_backward(grad, x, needs):
         # The bias gradient comes out of the pass that packs dy, needed or not (it costs nothing).
         panels = hint if isinstance(hint, torch.Tensor) else None
+        # With the CSR index as well, a small batch takes the CSR-order kernel (no value gather / dW scatter).
         grad_x, grad_values, grad_bias = torch.ops.granet._native_csr_linear_backward_bias(
-            ccol, row, perm, values, grad, x, panels
+            ccol, row, perm, values, grad, x, panels, crow, col
         )
         grad_bias = grad_bias if bias is not None and needs[7] else None
         return grad_x, None, None, None, None, None, grad_values, grad_bias

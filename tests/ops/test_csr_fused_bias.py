@@ -52,6 +52,51 @@ def test_fused_forward_and_backward_match_reference(shape, dtype, seed):
     torch.testing.assert_close(dbias, dy.sum(0), **tol)
 
 
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("batch", [0, 1, 3, 8, 9, 16, 17, 31, 32, 33, 70])
+def test_backward_with_the_csr_index_matches_reference(batch, dtype, threads, seed):
+    # Given crow/col too, a batch that fits one panel takes the CSR-order backward (no value gather,
+    # no dW scatter); larger ones the CSC backward. Either way: the reference's gradients.
+    crow, col, values, x, bias, dy = _operands(batch, 70, 45, 0.15, 4, 3, dtype, seed)
+    tol = dict(rtol=1e-5, atol=1e-5) if dtype == torch.float32 else dict(rtol=1e-12, atol=1e-12)
+    ccol, row, perm = transpose_index(crow, col, x.shape[1])
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        _, panels = torch.ops.granet._native_csr_linear_bias_panels(x, crow, col, values, bias)
+        for x_panels in (None, panels):
+            dx, dvalues, dbias = torch.ops.granet._native_csr_linear_backward_bias(
+                ccol, row, perm, values, dy, x, x_panels, crow, col)
+            ref_dx, ref_dvalues = reference.csr_linear_backward(ccol, row, perm, values, dy, x)
+            torch.testing.assert_close(dx, ref_dx, **tol)
+            torch.testing.assert_close(dvalues, ref_dvalues, **tol)
+            torch.testing.assert_close(dbias, dy.sum(0), **tol)
+    finally:
+        torch.set_num_threads(before)
+
+
+@pytest.mark.parametrize("batch", [1, 20])
+def test_backward_checks_the_csr_index_it_is_given(batch, seed):
+    crow, col, values, x, bias, dy = _operands(batch, 300, 200, 0.1, 5, 5, torch.float32, seed)
+    ccol, row, perm = transpose_index(crow, col, x.shape[1])
+    backward = torch.ops.granet._native_csr_linear_backward_bias
+    for pos in (0, col.numel() // 2, col.numel() - 1):
+        for wrong in (x.shape[1], -1, (1 << 31) - 1):
+            bad_col = col.clone()
+            bad_col[pos] = wrong
+            with pytest.raises(IndexError, match=r"\bcol_indices\b"):
+                backward(ccol, row, perm, values, dy, x, None, crow, bad_col)
+    with pytest.raises(ValueError, match=r"\bcrow_indices\b"):
+        backward(ccol, row, perm, values, dy, x, None, crow[:-1], col)
+    with pytest.raises(ValueError, match=r"\bcol_indices\b"):
+        backward(ccol, row, perm, values, dy, x, None, crow, col[:-1])
+    bad_crow = crow.clone()
+    bad_crow[5] = bad_crow[6] + 1  # decreasing pointers
+    with pytest.raises((ValueError, IndexError), match=r"\bcrow_indices\b"):
+        backward(ccol, row, perm, values, dy, x, None, bad_crow, col)
+
+
 def test_sparse_linear_training_step_uses_the_fused_path_and_matches_dense():
     torch.manual_seed(0)
     layer = gk.SparseLinear(37, 45, density=0.2, layout="csr")

@@ -28,9 +28,8 @@ def check_mask(mask: torch.Tensor, shape, name: str = "mask") -> torch.Tensor:
     if tuple(mask.shape) != tuple(shape):
         raise ValueError(f"{name} must have the weight's shape {tuple(shape)}, got {tuple(mask.shape)}")
     if mask.dtype != torch.bool:
-        if mask.is_floating_point() or mask.is_complex():
-            if not bool(((mask == 0) | (mask == 1)).all()):
-                raise ValueError(f"{name} must hold only 0 and 1 (or be a bool tensor)")
+        if not bool(((mask == 0) | (mask == 1)).all()):
+            raise ValueError(f"{name} must hold only 0 and 1 (or be a bool tensor)")
         mask = mask != 0
     return mask
 

@@ -33,18 +33,21 @@ class SparseWeightMixin:
     # --- setup -------------------------------------------------------------------------------------
 
     def _init_sparse(self, dense_weight: torch.Tensor, mask: torch.Tensor | None, layout: str, blocksize: int):
-        if layout != "auto" and layout not in LAYOUTS:
-            raise ValueError(f"layout must be 'auto' or one of {', '.join(LAYOUTS)}, got {layout!r}")
-        if layout == "bsr" and self.kind != "linear":
-            raise ValueError("layout 'bsr' is available for SparseLinear only")
-        if int(blocksize) < 1:
+        self._check_layout(layout)
+        if isinstance(blocksize, bool) or not isinstance(blocksize, int) or blocksize < 1:
             raise ValueError(f"blocksize must be a positive integer, got {blocksize!r}")
         self.layout_policy = layout
         self.blocksize = int(blocksize)
         self.layout = None
         mask = torch.ones(self.weight_shape, dtype=torch.bool, device=dense_weight.device) if mask is None else mask
-        mask = check_mask(mask.to(dense_weight.device), self.weight_shape)
+        mask = check_mask(mask, self.weight_shape).to(dense_weight.device)
         self._pack(dense_weight.detach(), mask, self._choose_layout(layout, mask, dense_weight))
+
+    def _check_layout(self, layout) -> None:
+        if layout != "auto" and layout not in LAYOUTS:
+            raise ValueError(f"layout must be 'auto' or one of {', '.join(LAYOUTS)}, got {layout!r}")
+        if layout == "bsr" and self.kind != "linear":
+            raise ValueError(f"layout 'bsr' is available for SparseLinear only, not {type(self).__name__}")
 
     @property
     def matrix_shape(self) -> tuple[int, int]:
@@ -57,7 +60,10 @@ class SparseWeightMixin:
         return crossover.choose_layout(self.kind, density, like.device, like.dtype, mask.numel())
 
     def _pack(self, dense: torch.Tensor, mask: torch.Tensor, layout: str) -> None:
-        """Store `dense` (dense-shaped, any values) at `mask` in `layout`."""
+        """Store `dense` (dense-shaped, any values) at `mask` in `layout`. A gradient already on the
+        weight follows it like the values do: kept where the mask keeps, 0 at new positions."""
+        old = self._parameters.get("weight")
+        grad = self.from_layout(old.grad) if isinstance(old, nn.Parameter) and old.grad is not None else None
         matrix = dense.reshape(self.matrix_shape)
         flat_mask = mask.reshape(self.matrix_shape)
         if layout == "masked":
@@ -83,6 +89,8 @@ class SparseWeightMixin:
         else:
             self.weight = nn.Parameter(data)
         self.layout = layout
+        if grad is not None:
+            self.weight.grad = self.to_layout(grad.to(dtype=data.dtype, device=data.device))
 
     # --- the sparse weight -------------------------------------------------------------------------
 
@@ -149,11 +157,10 @@ class SparseWeightMixin:
     def set_mask(self, mask: torch.Tensor, layout: str | None = None) -> None:
         """Replace the mask: kept weights keep their values, newly active ones start at 0.
         The layout is re-chosen when the module's layout policy is "auto" (or given here)."""
-        mask = check_mask(mask.to(self.weight.device), self.weight_shape)
-        dense = self.dense_weight()
+        mask = check_mask(mask, self.weight_shape).to(self.weight.device)
         policy = self.layout_policy if layout is None else layout
-        if policy != "auto" and policy not in LAYOUTS:
-            raise ValueError(f"layout must be 'auto' or one of {', '.join(LAYOUTS)}, got {policy!r}")
+        self._check_layout(policy)
+        dense = self.dense_weight()
         self._pack(dense, mask, self._choose_layout(policy, mask, dense))
 
     @torch.no_grad()
@@ -211,6 +218,16 @@ class SparseWeightMixin:
 
     def _sparse_repr(self) -> str:
         return f"layout={self.layout}, density={self.density:.4f}"
+
+
+def carry_module_state(src: nn.Module, dst: nn.Module) -> nn.Module:
+    """Give a converted module (sparse <-> dense) its source's training mode and the requires_grad
+    flags of its weight and bias (frozen layers stay frozen). Returns dst."""
+    dst.train(src.training)
+    dst.weight.requires_grad_(src.weight.requires_grad)
+    if getattr(src, "bias", None) is not None and getattr(dst, "bias", None) is not None:
+        dst.bias.requires_grad_(src.bias.requires_grad)
+    return dst
 
 
 def _forget_grad_accumulator(param: nn.Parameter) -> None:

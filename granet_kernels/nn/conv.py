@@ -8,7 +8,7 @@ from torch import nn
 from torch.nn.modules.utils import _pair
 
 from granet_kernels import ops
-from granet_kernels.nn._sparse import SparseWeightMixin
+from granet_kernels.nn._sparse import SparseWeightMixin, carry_module_state
 from granet_kernels.nn.linear import _initial_mask
 
 
@@ -71,6 +71,7 @@ class SparseConv2d(SparseWeightMixin, nn.Module):
         out.bias = None if module.bias is None else nn.Parameter(module.bias.detach().clone())
         mask = _initial_mask(out.weight_shape, mask, density, module.weight.device, generator)
         out._init_sparse(module.weight.detach().clone(), mask, layout, 1)
+        carry_module_state(module, out)
         return out
 
     def to_dense(self) -> nn.Conv2d:
@@ -82,7 +83,7 @@ class SparseConv2d(SparseWeightMixin, nn.Module):
             dense.weight.copy_(self.dense_weight())
             if self.bias is not None:
                 dense.bias.copy_(self.bias)
-        return dense
+        return carry_module_state(self, dense)
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
         if not isinstance(input, torch.Tensor):

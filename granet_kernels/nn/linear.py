@@ -10,7 +10,7 @@ from torch import nn
 
 from granet_kernels import ops
 from granet_kernels.formats import padded
-from granet_kernels.nn._sparse import SparseWeightMixin
+from granet_kernels.nn._sparse import SparseWeightMixin, carry_module_state
 
 
 class SparseLinear(SparseWeightMixin, nn.Module):
@@ -47,6 +47,7 @@ class SparseLinear(SparseWeightMixin, nn.Module):
         out.bias = None if module.bias is None else nn.Parameter(module.bias.detach().clone())
         mask = _initial_mask(out.weight_shape, mask, density, module.weight.device, generator)
         out._init_sparse(module.weight.detach().clone(), mask, layout, blocksize)
+        carry_module_state(module, out)
         return out
 
     def to_dense(self) -> nn.Linear:
@@ -57,7 +58,7 @@ class SparseLinear(SparseWeightMixin, nn.Module):
             dense.weight.copy_(self.dense_weight())
             if self.bias is not None:
                 dense.bias.copy_(self.bias)
-        return dense
+        return carry_module_state(self, dense)
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
         if not isinstance(input, torch.Tensor):
@@ -100,6 +101,8 @@ def _initial_mask(shape, mask, density, device, generator) -> torch.Tensor | Non
         raise ValueError("give either mask or density, not both")
     if density is None:
         return mask
+    if isinstance(density, bool) or not isinstance(density, (int, float)) or not 0.0 <= float(density) <= 1.0:
+        raise ValueError(f"density must be a number in [0, 1], got {density!r}")
     return random_mask(shape, density, device=device, generator=generator)
 
 

@@ -22,6 +22,22 @@ def refuse_double_backward(qualname: str) -> None:
                            "of granet ops are first order only")
 
 
+def _save_inputs(ctx, inputs) -> None:
+    """Keep the inputs for the backward, the tensors through save_for_backward: autograd then raises,
+    as for torch's own ops, when one of them is modified in place before the backward runs (the
+    gradients would be computed from the new values)."""
+    ctx.tensor_slots = [i for i, a in enumerate(inputs) if isinstance(a, torch.Tensor)]
+    ctx.save_for_backward(*(inputs[i] for i in ctx.tensor_slots))
+    ctx.other_inputs = [None if isinstance(a, torch.Tensor) else a for a in inputs]
+
+
+def _saved_inputs(ctx) -> list:
+    inputs = list(ctx.other_inputs)
+    for i, t in zip(ctx.tensor_slots, ctx.saved_tensors):
+        inputs[i] = t
+    return inputs
+
+
 def register_linear_autograd(opdef: OpDef, backward: Callable):
     """Register `backward(saved_inputs, grad, needs_input_grad, hint) -> grads` for an op; all
     inputs are saved (the products need them); grads not needed may be None. `hint` is what the
@@ -29,14 +45,14 @@ def register_linear_autograd(opdef: OpDef, backward: Callable):
     checked that the backward can then rely on without checking again."""
 
     def setup_context(ctx, inputs, output):
-        ctx.inputs = inputs
+        _save_inputs(ctx, inputs)
         ctx.hint = getattr(output, BACKWARD_HINT, None)
         if ctx.hint is not None:  # the backward holds it now, not the output (a hint may be a buffer)
             delattr(output, BACKWARD_HINT)
 
     def bwd(ctx, grad):
         refuse_double_backward(opdef.qualname)
-        grads = backward(ctx.inputs, grad, ctx.needs_input_grad, ctx.hint)
+        grads = backward(_saved_inputs(ctx), grad, ctx.needs_input_grad, ctx.hint)
         return tuple(g if needed else None for g, needed in zip(grads, ctx.needs_input_grad))
 
     torch.library.register_autograd(opdef.qualname, bwd, setup_context=setup_context)
@@ -62,7 +78,8 @@ class _EagerCall(torch.autograd.Function):
         if opdef.check_values is not None:
             opdef.check_values(*args)
         output = kernel.fn(*args)
-        ctx.opdef, ctx.inputs = opdef, args
+        ctx.opdef = opdef
+        _save_inputs(ctx, args)
         ctx.hint = getattr(output, BACKWARD_HINT, None)
         if ctx.hint is not None:
             delattr(output, BACKWARD_HINT)
@@ -72,7 +89,7 @@ class _EagerCall(torch.autograd.Function):
     def backward(ctx, grad):
         refuse_double_backward(ctx.opdef.qualname)
         needs = ctx.needs_input_grad[2:]
-        grads = _EAGER_BACKWARD[ctx.opdef.name](ctx.inputs, grad, needs, ctx.hint)
+        grads = _EAGER_BACKWARD[ctx.opdef.name](_saved_inputs(ctx), grad, needs, ctx.hint)
         return (None, None, *(g if needed else None for g, needed in zip(grads, needs)))
 
 

@@ -23,7 +23,7 @@ from torch import nn
 
 from granet_kernels.flops import FlopMeter
 from granet_kernels.nn import SparseConv2d, SparseLinear, layer_densities, prunable_layers
-from granet_kernels.nn.convert import replace_submodule
+from granet_kernels.nn.convert import replace_everywhere
 from granet_kernels.pruning import criteria
 from granet_kernels.pruning.config import GraNetConfig
 from granet_kernels.pruning.grad_capture import DenseGradCapture
@@ -96,7 +96,7 @@ class GraNet:
                 swap_parameter(optimizer, module.weight, sparse.weight, convert=sparse.to_layout)
                 if module.bias is not None:
                     swap_parameter(optimizer, module.bias, sparse.bias)
-                replace_submodule(model, name, sparse)
+                replace_everywhere(model, module, sparse)
                 module = sparse
             module.layout_policy = self._layout_for(isinstance(module, SparseLinear))
             layers[name] = module

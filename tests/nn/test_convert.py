@@ -82,3 +82,48 @@ def test_errors():
         gk.sparsify_(nn.Sequential(nn.Linear(2, 2)), density=0.5, init="gaussian")
     with pytest.raises(TypeError, match="model"):
         gk.sparsify_(None, density=0.5)
+
+
+def test_tied_layers_stay_tied():
+    lin = nn.Linear(6, 6)
+    model = nn.Sequential(lin, nn.ReLU(), lin)
+    gk.sparsify_(model, density=0.5, layout="csr")
+    assert isinstance(model[0], SparseLinear) and model[0] is model[2]
+    x = torch.randn(3, 6)
+    dense = model[0].to_dense()
+    torch.testing.assert_close(model(x), dense(torch.relu(dense(x))))
+    gk.densify_(model)
+    assert type(model[0]) is nn.Linear and model[0] is model[2]
+
+
+def test_attention_out_proj_stays_dense():
+    # nn.MultiheadAttention reads out_proj.weight itself: a sparse module there would be bypassed.
+    layer = nn.TransformerEncoderLayer(16, 2, 32, batch_first=True, dropout=0.0)
+    gk.sparsify_(layer, density=0.3, layout="csr")
+    assert type(layer.self_attn.out_proj) is nn.modules.linear.NonDynamicallyQuantizableLinear
+    assert isinstance(layer.linear1, SparseLinear) and isinstance(layer.linear2, SparseLinear)
+    assert layer(torch.randn(2, 5, 16)).shape == (2, 5, 16)
+
+
+def test_arguments_are_checked_before_any_layer_is_replaced():
+    model = nn.Sequential(nn.Linear(4, 4), nn.Conv2d(3, 4, 3))
+    for kwargs, error in [(dict(layout="bsr"), ValueError), (dict(layout="coo"), ValueError),
+                          (dict(blocksize=0), ValueError), (dict(init="nope"), ValueError)]:
+        with pytest.raises(error):
+            gk.sparsify_(model, density=0.5, **kwargs)
+        assert [type(m) for m in model] == [nn.Linear, nn.Conv2d]
+
+
+def test_conversions_keep_training_mode_and_frozen_weights():
+    model = nn.Sequential(nn.Linear(4, 4), nn.Conv2d(3, 4, 3)).eval()
+    model[0].weight.requires_grad_(False)
+    model[1].bias.requires_grad_(False)
+    gk.sparsify_(model, density=0.5)
+    assert not model[0].training and not model[1].training
+    assert not model[0].weight.requires_grad and model[0].bias.requires_grad
+    assert model[1].weight.requires_grad and not model[1].bias.requires_grad
+    gk.densify_(model)
+    assert [type(m) for m in model] == [nn.Linear, nn.Conv2d]
+    assert not model[0].training and not model[0].weight.requires_grad and not model[1].bias.requires_grad
+    with pytest.raises(TypeError, match="densify_"):
+        gk.densify_(SparseLinear(3, 3))

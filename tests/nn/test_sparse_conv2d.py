@@ -6,6 +6,7 @@ import pickle
 import pytest
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from granet_kernels.nn import SparseConv2d
 
@@ -87,3 +88,11 @@ def test_bad_inputs():
         SparseConv2d(4, 4, 3, layout="bsr")
     with pytest.raises(ValueError, match="mask"):
         module.set_mask(torch.ones(4, 3, 2, 2, dtype=torch.bool))
+
+
+def test_bsr_is_refused_whichever_way_it_is_asked():
+    conv = SparseConv2d.from_dense(nn.Conv2d(3, 4, 3), density=0.5, layout="csr")
+    for ask in (lambda: conv.set_layout("bsr"), lambda: conv.set_mask(conv.mask, layout="bsr")):
+        with pytest.raises(ValueError, match="bsr"):
+            ask()
+    assert conv.layout == "csr" and conv(torch.randn(1, 3, 5, 5)).shape == (1, 4, 3, 3)

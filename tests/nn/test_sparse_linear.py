@@ -7,6 +7,7 @@ import pickle
 import pytest
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 import granet_kernels as gk
 from granet_kernels.nn import SparseLinear
@@ -178,3 +179,32 @@ def test_constructor_errors():
         SparseLinear.from_dense(torch.nn.Conv2d(1, 1, 1))
     with pytest.raises(ValueError, match="blocksize"):
         SparseLinear(4, 4, layout="bsr", blocksize=0)
+
+
+@pytest.mark.parametrize("layout", ["masked", "csr", "bsr"])
+def test_set_mask_carries_the_gradient_like_the_values(layout):
+    torch.manual_seed(0)
+    layer = SparseLinear(8, 5, density=0.3, layout=layout, blocksize=2)
+    x = torch.randn(3, 8)
+    layer(x).sum().backward()
+    old_grad = layer.from_layout(layer.weight.grad)
+    new_mask = torch.rand(5, 8) < 0.6
+    layer.set_mask(new_mask)
+    assert layer.weight.grad.shape == layer.weight.shape
+    torch.testing.assert_close(layer.from_layout(layer.weight.grad), torch.where(new_mask, old_grad, 0))
+    layer(x).sum().backward()  # accumulates into the carried gradient
+
+
+def test_constructor_argument_errors_name_the_argument():
+    dense = nn.Linear(8, 4)
+    for kwargs, error, match in [
+        (dict(density=-0.1), ValueError, "density"),
+        (dict(density=1.5), ValueError, "density"),
+        (dict(density="0.5"), ValueError, "density"),
+        (dict(mask=[[1] * 8] * 4), TypeError, "mask"),
+        (dict(mask=torch.full((4, 8), 7)), ValueError, "mask"),
+        (dict(blocksize=2.5, layout="bsr"), ValueError, "blocksize"),
+        (dict(layout="coo"), ValueError, "layout"),
+    ]:
+        with pytest.raises(error, match=match):
+            SparseLinear.from_dense(dense, **kwargs)

@@ -237,3 +237,20 @@ def test_double_backward_is_refused_with_a_clear_error(name, backend, path):
             torch.autograd.grad(loss, [leaves[j] for j in positions], create_graph=True)
         grads = torch.autograd.grad(run(*leaves).pow(2).sum(), [leaves[j] for j in positions])  # first order is fine
     assert all(g.shape == leaves[j].shape for g, j in zip(grads, positions))
+
+
+@pytest.mark.parametrize("path", ["op", "eager"])
+@pytest.mark.parametrize("name", list(GRAD_ARGS))
+def test_an_input_modified_in_place_before_the_backward_is_an_error(name, path):
+    """As with torch's own ops: a tensor the backward needs, changed in place after the forward, makes
+    the backward raise instead of computing gradients from the new values."""
+    run = _caller(name, path)
+    args = sample_inputs(name, dtype=torch.float64, seed=3)[1]
+    positions = [j for j in GRAD_ARGS[name] if isinstance(args[j], torch.Tensor)]
+    for j in positions:
+        leaves = requires_grad_floats(args, positions)
+        out = run(*leaves)
+        with torch.no_grad():
+            leaves[j].mul_(2)
+        with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+            out.sum().backward()

@@ -52,6 +52,9 @@ TORCH_LIBRARY(granet, m) {
   // Native kernels behind the public ops (same schemas, one per kernel family).
   m.def("_native_masked_positions_are_zero(Tensor weight, Tensor mask) -> bool");
   m.def("_native_zero_masked_(Tensor(a!) grad, Tensor mask) -> ()");
+  // The masked layout's weight gradient, (grad^T @ x) zeroed outside the mask: the backward calls it
+  // where a dispatch mode watches (FlopCounterMode, tracing), so it is counted as 2 * N * nnz.
+  m.def("_masked_weight_grad(Tensor grad, Tensor x, Tensor mask) -> Tensor");
   m.def("_native_csr_spmm(Tensor crow_indices, Tensor col_indices, Tensor values, Tensor x) -> Tensor");
   m.def("_native_csr_spmm_t(Tensor ccol_indices, Tensor row_indices, Tensor perm, Tensor values, Tensor dy) -> Tensor");
   m.def("_native_csr_sddmm(Tensor crow_indices, Tensor col_indices, Tensor dy, Tensor x) -> Tensor");

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import torch
+from torch.utils._python_dispatch import _get_current_dispatch_mode
+from torch.utils.flop_counter import register_flop_formula
 
 from granet_kernels.ops import _checks as C
 from granet_kernels.ops import reference
@@ -61,22 +63,37 @@ masked_matmul_def = register_op(
 )
 
 
+def _weight_grad(grad, x, mask):
+    grad_weight = grad.t() @ x
+    if grad_weight.device.type == "cpu":
+        torch.ops.granet._native_zero_masked_(grad_weight, mask)
+        return grad_weight
+    return grad_weight * mask
+
+
+torch.library.impl("granet::_masked_weight_grad", ["cpu", "cuda"])(_weight_grad)
+torch.library.register_fake("granet::_masked_weight_grad")(lambda grad, x, mask: grad.new_empty(mask.shape))
+register_flop_formula(torch.ops.granet._masked_weight_grad, get_raw=True)(
+    lambda grad, x, mask, *args, out_val=None, **kwargs: 2 * grad.shape[0] * nnz_of_mask(mask)
+)
+
+
 def _backward(saved, grad, needs, hint=None):
     x, weight, mask, bias = saved
+    # Where a dispatch mode watches (FlopCounterMode, tracing), both products go through granet ops,
+    # so that they are counted as sparse products (2 * N * nnz) like the forward; plain eager calls
+    # BLAS directly (the same arithmetic, without the op dispatch).
+    watched = _get_current_dispatch_mode() is not None
     grad_x = None
     if needs[0]:
-        if hint == "weight_is_masked":
+        if hint == "weight_is_masked" and not watched:
             grad_x = grad @ weight
         else:
             # dx = dy @ (w * m) is itself a masked matmul, over the transposed weight and mask.
             grad_x = torch.ops.granet.masked_matmul(grad, weight.t(), mask.t(), None)
     grad_weight = None
     if needs[1]:
-        grad_weight = grad.t() @ x
-        if grad_weight.device.type == "cpu":
-            torch.ops.granet._native_zero_masked_(grad_weight, mask)
-        else:
-            grad_weight = grad_weight * mask
+        grad_weight = torch.ops.granet._masked_weight_grad(grad, x, mask) if watched else _weight_grad(grad, x, mask)
     grad_bias = grad.sum(0) if bias is not None else None
     return grad_x, grad_weight, None, grad_bias
 

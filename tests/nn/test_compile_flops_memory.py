@@ -39,13 +39,10 @@ def test_flop_counter_counts_sparse_flops(layout):
     x = torch.randn(8, 64, requires_grad=True)
     with FlopCounterMode(display=False) as counter:
         module(x).sum().backward()
+    # BSR products run (and count) whole stored blocks; the other layouts count the mask's nonzeros
     nnz_stored = module.weight.numel() if layout == "bsr" else module.nnz
-    if layout == "masked":
-        nnz_stored = module.nnz  # the masked matmul counts mask nonzeros
     forward = 2 * nnz_stored * 8
-    assert counter.get_total_flops() >= 3 * forward * 0.99
-    if layout == "csr":
-        assert counter.get_total_flops() == 3 * forward
+    assert counter.get_total_flops() == 3 * forward
 
 
 def test_flop_counter_conv_csr():

@@ -12,6 +12,8 @@
 TORCH_LIBRARY(granet, m) {
   // y = x @ (weight * mask)^T + bias; x [N, K], weight/mask [M, K], bias [M] -> [N, M]
   m.def("masked_matmul(Tensor x, Tensor weight, Tensor mask, Tensor? bias=None) -> Tensor");
+  m.def("masked_conv2d(Tensor input, Tensor weight, Tensor mask, int[2] stride, int[2] padding, int[2] dilation, "
+        "Tensor? bias=None) -> Tensor");
   // W is M x K in CSR (int32 crow_indices [M+1], col_indices [nnz]); x [N, K] -> x @ W^T [N, M]
   m.def("csr_spmm(Tensor crow_indices, Tensor col_indices, Tensor values, Tensor x) -> Tensor");
   // dy [N, M] -> dy @ W [N, K]; W given by its transposed (CSC) index: ccol_indices [K+1],
@@ -55,6 +57,9 @@ TORCH_LIBRARY(granet, m) {
   // The masked layout's weight gradient, (grad^T @ x) zeroed outside the mask: the backward calls it
   // where a dispatch mode watches (FlopCounterMode, tracing), so it is counted as 2 * N * nnz.
   m.def("_masked_weight_grad(Tensor grad, Tensor x, Tensor mask) -> Tensor");
+  // masked_conv2d's (dx, dW) (dW zeroed outside the mask; an output not asked for is empty).
+  m.def("_masked_conv2d_backward(Tensor grad, Tensor input, Tensor weight, Tensor mask, int[2] stride, "
+        "int[2] padding, int[2] dilation, bool weight_is_masked, bool need_input, bool need_weight) -> (Tensor, Tensor)");
   m.def("_native_csr_spmm(Tensor crow_indices, Tensor col_indices, Tensor values, Tensor x) -> Tensor");
   m.def("_native_csr_spmm_t(Tensor ccol_indices, Tensor row_indices, Tensor perm, Tensor values, Tensor dy) -> Tensor");
   m.def("_native_csr_sddmm(Tensor crow_indices, Tensor col_indices, Tensor dy, Tensor x) -> Tensor");

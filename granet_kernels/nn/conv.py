@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torch.nn.modules.utils import _pair
 
@@ -99,8 +98,8 @@ class SparseConv2d(SparseWeightMixin, nn.Module):
         if input.device != self.weight.device:
             raise ValueError(f"SparseConv2d: input is on {input.device} but the weight is on {self.weight.device}")
         if self.layout == "masked":
-            weight = torch.where(self.weight_mask, self.weight, torch.zeros((), dtype=self.weight.dtype, device=self.weight.device))
-            y = F.conv2d(input, weight, self.bias, self.stride, self.padding, self.dilation)
+            y = ops.masked_conv2d(input, self.weight, self.weight_mask, self.stride, self.padding, self.dilation,
+                                  self.bias)
         else:
             y = ops.sparse_conv2d(input, self.crow_indices, self.col_indices, self.weight, self.kernel_size, self.stride,
                                   self.padding, self.dilation, self.bias)

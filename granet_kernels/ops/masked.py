@@ -1,4 +1,5 @@
-"""Masked matmul: y = x @ (weight * mask)^T + bias without materialising weight * mask."""
+"""Masked-dense products: y = x @ (weight * mask)^T + bias and conv2d(input, weight * mask) + bias,
+without materialising weight * mask when the weight is already zero outside the mask."""
 
 from __future__ import annotations
 
@@ -104,3 +105,109 @@ register_linear_autograd(masked_matmul_def, _backward)
 def masked_matmul(x, weight, mask, bias=None):
     """y = x @ (weight * mask)^T + bias; x [N, K], weight/mask [M, K] (mask bool) -> [N, M]."""
     return call(masked_matmul_def, x, weight, mask, bias)
+
+
+# --- masked_conv2d --------------------------------------------------------------------------------
+
+CONV_OP = "granet::masked_conv2d"
+
+
+def _check_conv(input, weight, mask, stride, padding, dilation, bias=None):
+    from granet_kernels.ops.conv import _check_geometry
+
+    C.tensor(CONV_OP, "input", input, dim=4, dtypes=C.FLOAT_DTYPES)
+    C.tensor(CONV_OP, "weight", weight, dim=4, dtypes=C.FLOAT_DTYPES)
+    C.tensor(CONV_OP, "mask", mask, dim=4, dtypes=(torch.bool,))
+    C.same_dtype(CONV_OP, [("input", input), ("weight", weight)])
+    C.size(CONV_OP, "weight", weight, 1, input.shape[1], "the channels of input")
+    if mask.shape != weight.shape:
+        raise ValueError(f"{CONV_OP}: mask must have weight's shape {tuple(weight.shape)}, got {tuple(mask.shape)}")
+    if bias is not None:
+        C.tensor(CONV_OP, "bias", bias, dim=1)
+        C.same_dtype(CONV_OP, [("input", input), ("bias", bias)])
+        C.size(CONV_OP, "bias", bias, 0, weight.shape[0], "the output channels of weight")
+    C.same_device(CONV_OP, [("input", input), ("weight", weight), ("mask", mask), ("bias", bias)])
+    _check_geometry(CONV_OP, input.shape[2:], weight.shape[2:], stride, padding, dilation)
+
+
+def _conv_output_shape(input, weight, stride, padding, dilation):
+    from granet_kernels.ops.conv import output_size
+
+    hw = [output_size(input.shape[2 + i], weight.shape[2 + i], stride[i], padding[i], dilation[i]) for i in range(2)]
+    return [input.shape[0], weight.shape[0], *hw]
+
+
+def _conv_flops(input, weight, mask, stride, padding, dilation, *rest):
+    out = _conv_output_shape(input, weight, stride, padding, dilation)
+    return 2 * nnz_of_mask(mask) * out[0] * out[2] * out[3]
+
+
+def _conv_cpu(input, weight, mask, stride, padding, dilation, bias=None):
+    # As _cpu above: a weight kept zero outside the mask is used as it is (no masked copy).
+    if torch.ops.granet._native_masked_positions_are_zero(weight, mask):
+        y = torch.nn.functional.conv2d(input, weight, bias, stride, padding, dilation)
+        setattr(y, BACKWARD_HINT, "weight_is_masked")
+        return y
+    return torch.nn.functional.conv2d(input, torch.where(mask, weight, 0), bias, stride, padding, dilation)
+
+
+masked_conv2d_def = register_op(
+    "masked_conv2d",
+    check=_check_conv,
+    reference=reference.masked_conv2d,
+    fake_output=lambda input, weight, mask, stride, padding, dilation, bias=None: input.new_empty(
+        _conv_output_shape(input, weight, stride, padding, dilation)
+    ),
+    flops=_conv_flops,
+    kernels={"cpu": Kernel(_conv_cpu)},
+    cuda_order=("reference",),
+)
+
+
+def _conv_backward_impl(grad, input, weight, mask, stride, padding, dilation, weight_is_masked, need_input,
+                        need_weight):
+    w = weight if weight_is_masked else torch.where(mask, weight, 0)
+    dx, dw, _ = torch.ops.aten.convolution_backward(grad, input, w, None, stride, padding, dilation, False, [0, 0], 1,
+                                                    [need_input, need_weight, False])
+    if need_weight:
+        if dw.device.type == "cpu" and dw.is_contiguous() and mask.is_contiguous():
+            torch.ops.granet._native_zero_masked_(dw, mask)
+        else:
+            dw = dw * mask
+    empty = grad.new_empty(0)
+    return (dx if need_input else empty), (dw if need_weight else empty)
+
+
+torch.library.impl("granet::_masked_conv2d_backward", ["cpu", "cuda"])(_conv_backward_impl)
+torch.library.register_fake("granet::_masked_conv2d_backward")(
+    lambda grad, input, weight, mask, stride, padding, dilation, weight_is_masked, need_input, need_weight: (
+        input.new_empty(input.shape if need_input else (0,)), weight.new_empty(weight.shape if need_weight else (0,))
+    )
+)
+register_flop_formula(torch.ops.granet._masked_conv2d_backward, get_raw=True)(
+    lambda grad, input, weight, mask, stride, padding, dilation, weight_is_masked, need_input, need_weight, *args,
+    out_val=None, **kwargs: (int(need_input) + int(need_weight)) * 2 * nnz_of_mask(mask) * grad.shape[0]
+    * grad.shape[2] * grad.shape[3]
+)
+
+
+def _conv_backward(saved, grad, needs, hint=None):
+    input, weight, mask, stride, padding, dilation, bias = saved
+    need_input, need_weight = bool(needs[0]), bool(needs[1])
+    grad_input = grad_weight = None
+    if need_input or need_weight:
+        dx, dw = torch.ops.granet._masked_conv2d_backward(grad, input, weight, mask, stride, padding, dilation,
+                                                          hint == "weight_is_masked", need_input, need_weight)
+        grad_input = dx if need_input else None
+        grad_weight = dw if need_weight else None
+    grad_bias = grad.sum((0, 2, 3)) if bias is not None else None
+    return grad_input, grad_weight, None, None, None, None, grad_bias
+
+
+register_linear_autograd(masked_conv2d_def, _conv_backward)
+
+
+def masked_conv2d(input, weight, mask, stride, padding, dilation, bias=None):
+    """conv2d(input, weight * mask) + bias (groups 1); weight/mask [C_out, C_in, kh, kw] (mask bool).
+    Differentiable in input, weight (zero gradient outside the mask) and bias."""
+    return call(masked_conv2d_def, input, weight, mask, list(stride), list(padding), list(dilation), bias)

@@ -34,6 +34,10 @@ def masked_matmul(x, weight, mask, bias=None):
     return F.linear(x, weight * mask.to(weight.dtype), bias)
 
 
+def masked_conv2d(input, weight, mask, stride, padding, dilation, bias=None):
+    return F.conv2d(input, weight * mask.to(weight.dtype), bias, stride, padding, dilation)
+
+
 def csr_spmm(crow, col, values, x):
     return x @ csr_to_dense(crow, col, values, x.shape[1]).T
 

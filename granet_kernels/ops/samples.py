@@ -99,6 +99,14 @@ def sample_inputs(op: str, *, device="cpu", dtype=torch.float32, seed=0) -> list
                 out.append((*transpose_index(crow, col, kb), values, _rand((n, mb * bs), noncontiguous=nc, **r)))
             else:
                 out.append((crow, col, _rand((n, mb * bs), noncontiguous=nc, **r), _rand((n, kb * bs), **r), bs))
+    elif op == "masked_conv2d":
+        for n, cin, cout, h, w, ks, st, pad, dil, density, has_bias in CONV_SHAPES:
+            mask = random_mask(cout, cin * ks[0] * ks[1], density, gen=gen, device=device).reshape(cout, cin, *ks)
+            bias = _rand((cout,), **r) if has_bias else None
+            weight = _rand((cout, cin, *ks), **r)
+            if has_bias:  # half the samples keep the weight zero outside the mask, as the masked layout does
+                weight = weight * mask
+            out.append((_rand((n, cin, h, w), **r), weight, mask, list(st), list(pad), list(dil), bias))
     elif op in ("sparse_conv2d", "sparse_conv2d_dx", "sparse_conv2d_dw", "sparse_conv2d_backward"):
         from granet_kernels.ops.conv import output_size
 

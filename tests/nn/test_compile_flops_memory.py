@@ -45,12 +45,17 @@ def test_flop_counter_counts_sparse_flops(layout):
     assert counter.get_total_flops() == 3 * forward
 
 
-def test_flop_counter_conv_csr():
-    module = SparseConv2d(4, 6, 3, padding=1, density=0.5, layout="csr", bias=False)
-    x = torch.randn(2, 4, 5, 5)
+@pytest.mark.parametrize("layout", ["masked", "csr"])
+def test_flop_counter_conv(layout):
+    module = SparseConv2d(4, 6, 3, padding=1, stride=(1, 2), density=0.5, layout=layout)
+    x = torch.randn(2, 4, 5, 5, requires_grad=True)
+    product = 2 * module.nnz * 2 * 5 * 3  # 2 * nnz * N * H_out * W_out
     with FlopCounterMode(display=False) as counter:
-        module(x)
-    assert counter.get_total_flops() == 2 * module.nnz * 2 * 5 * 5
+        y = module(x)
+    assert counter.get_total_flops() == product
+    with FlopCounterMode(display=False) as counter:
+        module(x).sum().backward()
+    assert counter.get_total_flops() == 3 * product
 
 
 def test_csr_training_memory_bound():

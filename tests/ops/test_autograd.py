@@ -20,6 +20,7 @@ GRAD_ARGS = {
     "csr_linear": (0, 6, 7),  # x, values, bias
     "bsr_spmm": (2, 3),  # values, x
     "masked_matmul": (0, 1, 3),  # x, weight, bias
+    "masked_conv2d": (0, 1, 6),  # input, weight, bias
     "sparse_conv2d": (0, 3, 8),  # input, values, bias
 }
 GRADCHECK_MAX_ELEMENTS = 600  # numerical Jacobians cost one forward per input element
@@ -131,6 +132,9 @@ def test_backward_matches_dense(name, device, seed):
         elif name == "masked_matmul":
             x, weight, mask, bias = theirs
             dense_out = F.linear(x, weight * mask, bias)
+        elif name == "masked_conv2d":
+            input, weight, mask, stride, padding, dilation, bias = theirs
+            dense_out = F.conv2d(input, weight * mask, bias, stride, padding, dilation)
         else:
             input, crow, col, values, ks, stride, padding, dilation, bias = theirs
             flat = _csr_dense(crow, col, values, input.shape[1] * ks[0] * ks[1])
@@ -139,7 +143,7 @@ def test_backward_matches_dense(name, device, seed):
         torch.testing.assert_close(out, dense_out.detach(), rtol=1e-10, atol=1e-10)
         expected = _grads(dense_out, theirs, grad_out)
         _compare(name, i, got, expected)
-        if name == "masked_matmul":
+        if name in ("masked_matmul", "masked_conv2d"):
             # Pruned weights get no gradient at all, not merely a small one.
             weight_grad = got[1]
             assert not bool(weight_grad[~args[2]].any()), f"sample {i}: gradient leaked outside the mask"

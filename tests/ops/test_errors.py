@@ -67,6 +67,9 @@ def base(name):
     ccrow, ccol = _csr(torch.rand(COUT, CIN * KS[0] * KS[1], generator=torch.Generator().manual_seed(0)) < 0.4)
     if name == "sparse_conv2d":
         return [_g(2, CIN, HW, HW), ccrow, ccol, _g(ccol.numel()), *GEOMETRY, _g(COUT)]
+    if name == "masked_conv2d":
+        conv_mask = torch.rand(COUT, CIN, *KS, generator=torch.Generator().manual_seed(0)) < 0.4
+        return [_g(2, CIN, HW, HW), _g(COUT, CIN, *KS), conv_mask, *GEOMETRY[1:], _g(COUT)]
     if name == "sparse_conv2d_dx":
         return [_g(2, COUT, HW, HW), ccrow, ccol, _g(ccol.numel()), [2, CIN, HW, HW], *GEOMETRY]
     if name == "sparse_conv2d_dw":
@@ -265,6 +268,20 @@ CASES = [
     ("sparse_conv2d", "dilation-0", edit(a7=lambda d: [0, 1]), ValueError, r"\bdilation must be 2 integers >= 1"),
     ("sparse_conv2d", "input-meta", edit(a0=meta), ValueError, r"\bcrow_indices is on cpu but input is on meta"),
     ("sparse_conv2d", "bias-meta", edit(a8=meta), ValueError, r"\bbias is on meta"),
+    # masked_conv2d(input, weight, mask, stride, padding, dilation, bias)
+    ("masked_conv2d", "input-3d", edit(a0=lambda t: t[0]), ValueError, r"\binput must be 4-D"),
+    ("masked_conv2d", "input-int", edit(a0=to_int), TypeError, r"\binput must have dtype"),
+    ("masked_conv2d", "input-wrong-channels", edit(a0=lambda t: t[:, :1]), ValueError, r"\bweight\.shape\[1\] must be 1 \(the channels of input\)"),
+    ("masked_conv2d", "input-too-small", edit(a0=lambda t: t[:, :, :1, :1], a4=lambda p: [0, 0]), ValueError, r"\binput of spatial size \(1, 1\) is too small"),
+    ("masked_conv2d", "weight-2d", edit(a1=lambda t: t[0, 0]), ValueError, r"\bweight must be 4-D"),
+    ("masked_conv2d", "weight-fp64", edit(a1=lambda t: t.double()), TypeError, r"\bweight has dtype torch.float64"),
+    ("masked_conv2d", "mask-wrong-shape", edit(a2=lambda t: t[:2].contiguous()), ValueError, r"\bmask must have weight's shape"),
+    ("masked_conv2d", "mask-not-bool", edit(a2=lambda t: t.float()), TypeError, r"\bmask must have dtype bool"),
+    ("masked_conv2d", "bias-wrong-length", edit(a6=drop_last), ValueError, r"\bbias\.shape\[0\] must be 3"),
+    ("masked_conv2d", "stride-0", edit(a3=lambda s: [1, 0]), ValueError, r"\bstride must be 2 integers >= 1"),
+    ("masked_conv2d", "padding-negative", edit(a4=lambda p: [-1, 0]), ValueError, r"\bpadding must be 2 integers >= 0"),
+    ("masked_conv2d", "dilation-0", edit(a5=lambda d: [0, 1]), ValueError, r"\bdilation must be 2 integers >= 1"),
+    ("masked_conv2d", "mask-meta", edit(a2=meta), ValueError, r"\bmask is on meta"),
     # sparse_conv2d_dx(grad_output, crow_indices, col_indices, values, input_shape, kernel_size, stride, padding, dilation)
     ("sparse_conv2d_dx", "grad-output-wrong-shape", edit(a0=lambda t: t[:, :, :4]), ValueError, r"\bgrad_output must have shape \[2, 3, 5, 5\]"),
     ("sparse_conv2d_dx", "grad-output-wrong-channels", edit(a0=lambda t: t[:, :2]), ValueError, r"\bgrad_output must have shape"),

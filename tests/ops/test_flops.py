@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
 from granet_kernels import ops
@@ -101,3 +102,31 @@ def test_csr_linear_forward_and_backward():
     total, by_op = _count(lambda: ops.csr_linear(x, crow, col, ccol, row, perm, values, bias).sum().backward())
     # The bias gradient is a sum over the batch, counted as no multiply-adds.
     assert total == 3 * forward, by_op
+
+
+def test_masked_backward_helpers_match_torch_and_count_sparse_products(seed):
+    # The masked layouts' backward ops: dW zeroed outside the mask, dx through the masked weight.
+    g = torch.Generator().manual_seed(seed)
+    x, dy = torch.randn(6, 9, generator=g, dtype=torch.float64), torch.randn(6, 5, generator=g, dtype=torch.float64)
+    mask = torch.rand(5, 9, generator=g) < 0.4
+    total, _ = _count(lambda: torch.ops.granet._masked_weight_grad(dy, x, mask))
+    assert total == 2 * 6 * int(mask.sum())
+    torch.testing.assert_close(torch.ops.granet._masked_weight_grad(dy, x, mask), (dy.t() @ x) * mask)
+    input = torch.randn(2, 3, 6, 7, generator=g, dtype=torch.float64)
+    weight = torch.randn(4, 3, 3, 2, generator=g, dtype=torch.float64)
+    cmask = torch.rand(4, 3, 3, 2, generator=g) < 0.5
+    geometry = ([2, 1], [1, 0], [1, 2])
+    grad = torch.randn(F.conv2d(input, weight, None, *geometry).shape, generator=g, dtype=torch.float64)
+    leaves = [input.clone().requires_grad_(), weight.clone().requires_grad_()]
+    F.conv2d(leaves[0], leaves[1] * cmask, None, *geometry).backward(grad)
+    for weight_is_masked, w in ((False, weight), (True, weight * cmask)):
+        for need_input, need_weight in ((True, True), (True, False), (False, True)):
+            total, _ = _count(lambda: torch.ops.granet._masked_conv2d_backward(
+                grad, input, w, cmask, *geometry, weight_is_masked, need_input, need_weight))
+            assert total == (need_input + need_weight) * 2 * int(cmask.sum()) * grad[:, 0].numel()
+            dx, dw = torch.ops.granet._masked_conv2d_backward(grad, input, w, cmask, *geometry, weight_is_masked,
+                                                              need_input, need_weight)
+            if need_input:
+                torch.testing.assert_close(dx, leaves[0].grad)
+            if need_weight:
+                torch.testing.assert_close(dw, leaves[1].grad)

@@ -10,7 +10,7 @@ from granet_kernels.ops import OPS
 from granet_kernels.ops.samples import sample_inputs
 from granet_testing import DEVICES, requires_grad_floats
 
-DIFFERENTIABLE = ("csr_spmm", "csr_linear", "bsr_spmm", "masked_matmul", "sparse_conv2d")
+DIFFERENTIABLE = ("csr_spmm", "csr_linear", "bsr_spmm", "masked_matmul", "masked_conv2d", "sparse_conv2d")
 
 
 @pytest.mark.parametrize("device", DEVICES)

@@ -180,6 +180,15 @@ std::tuple<at::Tensor, at::Tensor> csr_forward(const char* op, const at::Tensor&
   const at::Tensor c = crow.contiguous(), j = col.contiguous(), values = values_in.contiguous();
   at::Tensor panels;
   at::Tensor y = AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "granet_csr_spmm_cpu", [&] {
+    if (n == 1 && !keep_panels) {  // one input row (inference): read in place, no panel to pack
+      const at::Tensor xc = x.contiguous();
+      at::Tensor out = cpu::empty_output({n, m}, x.options());
+      if (!GRANET_ISA_CALL(spmv<scalar_t>, c.data_ptr<int32_t>(), j.data_ptr<int32_t>(), values.data_ptr<scalar_t>(),
+                           bias.defined() ? bias.data_ptr<scalar_t>() : nullptr, xc.data_ptr<scalar_t>(),
+                           out.data_ptr<scalar_t>(), m, k))
+        raise_bad_index(op, "crow_indices", c, "col_indices", j, k);
+      return out;
+    }
     const scalar_t* xp;
     if (keep_panels) {
       panels = cpu::empty_output({panel_elems<scalar_t>(n, k)}, x.options());

@@ -115,7 +115,16 @@ def call(opdef: OpDef, *args: Any):
     kernel = _eager_cpu_kernel(opdef, args)
     if kernel is None:
         return opdef.op(*args)
-    return _EagerCall.apply(opdef, kernel, *args)
+    if torch.is_grad_enabled() and any(isinstance(a, torch.Tensor) and a.requires_grad for a in args):
+        return _EagerCall.apply(opdef, kernel, *args)
+    # Nothing to differentiate (inference, no_grad): no autograd node either (~20 us less per call).
+    opdef.check(*args)
+    if opdef.check_values is not None:
+        opdef.check_values(*args)
+    output = kernel.fn(*args)
+    if hasattr(output, BACKWARD_HINT):
+        delattr(output, BACKWARD_HINT)
+    return output
 
 
 def register_not_differentiable(opdef: OpDef, hint: str):

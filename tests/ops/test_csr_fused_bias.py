@@ -97,6 +97,24 @@ def test_backward_checks_the_csr_index_it_is_given(batch, seed):
         backward(ccol, row, perm, values, dy, x, None, bad_crow, col)
 
 
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_one_row_forward_is_the_training_forward_bit_for_bit(dtype, threads, seed):
+    # Batch 1 without grad reads x in place (no panel); its sums run in the panel kernel's order.
+    crow, col, values, x, bias, _ = _operands(1, 300, 260, 0.2, 7, 5, dtype, seed)
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        for b in (bias, None):
+            y = torch.ops.granet._native_csr_linear_bias(x, crow, col, values, b)
+            y_training, _ = torch.ops.granet._native_csr_linear_bias_panels(x, crow, col, values, b)
+            torch.testing.assert_close(y, y_training, rtol=0, atol=0)
+            want = reference.csr_spmm(crow, col, values, x) + (b if b is not None else 0)
+            torch.testing.assert_close(y, want, rtol=1e-5 if dtype == torch.float32 else 1e-12, atol=1e-6)
+    finally:
+        torch.set_num_threads(before)
+
+
 def test_sparse_linear_training_step_uses_the_fused_path_and_matches_dense():
     torch.manual_seed(0)
     layer = gk.SparseLinear(37, 45, density=0.2, layout="csr")

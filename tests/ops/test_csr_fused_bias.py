@@ -110,7 +110,8 @@ def test_one_row_forward_is_the_training_forward_bit_for_bit(dtype, threads, see
             y_training, _ = torch.ops.granet._native_csr_linear_bias_panels(x, crow, col, values, b)
             torch.testing.assert_close(y, y_training, rtol=0, atol=0)
             want = reference.csr_spmm(crow, col, values, x) + (b if b is not None else 0)
-            torch.testing.assert_close(y, want, rtol=1e-5 if dtype == torch.float32 else 1e-12, atol=1e-6)
+            tol = 1e-5 if dtype == torch.float32 else 1e-12
+            torch.testing.assert_close(y, want, rtol=tol, atol=tol)
     finally:
         torch.set_num_threads(before)
 

@@ -3,6 +3,7 @@ training step, for PERFORMANCE.md's reference shapes and densities, 1 thread and
 
     python benchmarks/bench_linear.py            # full table, JSON to benchmarks/results/
     python benchmarks/bench_linear.py --quick    # W 4096x4096, batch 256, d in {0.1, 0.05, 0.02}, 1 thread
+    python benchmarks/bench_linear.py --quick --batches 1 8 32   # the same weight at small batches
 """
 
 from __future__ import annotations
@@ -91,6 +92,7 @@ def main(argv=None):
     parser.add_argument("--threads", type=int, nargs="*", help="thread counts (default: 1 and all)")
     parser.add_argument("--densities", type=float, nargs="*")
     parser.add_argument("--layouts", nargs="*", default=["csr", "masked", "auto"])
+    parser.add_argument("--batches", type=int, nargs="*", help="batch sizes instead of the shapes' own (256)")
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--out", default=None, help="JSON path (default benchmarks/results/linear_<cpu>.json)")
     args = parser.parse_args(argv)
@@ -98,6 +100,10 @@ def main(argv=None):
     threads = args.threads or ([1] if args.quick else sorted({1, all_threads}))
     densities = args.densities or ([0.1, 0.05, 0.02] if args.quick else DENSITIES)
     shapes = SHAPES[:1] if args.quick else SHAPES
+    if args.batches:
+        if any(b < 1 for b in args.batches):
+            parser.error("--batches must be positive")
+        shapes = [(o, i, b) for o, i, _ in shapes for b in args.batches]
     env = common.environment()
     print(f"# bench_linear on {env['device']} (torch {env['torch']}, ISA {gk.build_info()['cpu_isa']}), fp32")
     header = f"{'shape':>10} {'batch':>5} {'d':>5} {'thr':>3} {'impl':>13} {'part':>8} {'ms':>9} {'x dense':>8} {'of ideal':>8}"

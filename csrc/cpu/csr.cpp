@@ -4,6 +4,7 @@
 #include <algorithm>
 #include <cstdint>
 #include <cstdlib>
+#include <cstring>
 #ifdef _OPENMP
 #include <omp.h>
 #endif
@@ -61,6 +62,22 @@ T* pack_into(const at::Tensor& dense, T* panels, T* sums = nullptr) {
   GRANET_ISA_CALL(pack<T>, src.data_ptr<T>(), panels, dense.size(0), dense.size(1), panel_bytes_of<T>(dense.size(0)),
                   sums);
   return panels;
+}
+
+// Whether x's first and last rows sit, bit for bit, at their lanes of panels packed with width bt.
+template <typename T>
+bool panels_hold_rows(const T* panels, const at::Tensor& x, int64_t bt) {
+  const int64_t n = x.size(0), k = x.size(1);
+  if (n == 0 || k == 0) return true;
+  const auto xa = x.accessor<T, 2>();
+  for (const int64_t r : {int64_t(0), n - 1}) {
+    const T* panel = panels + (r / bt) * k * bt + r % bt;
+    for (int64_t j = 0; j < k; ++j) {
+      const T a = panel[j * bt], b = xa[r][j];
+      if (std::memcmp(&a, &b, sizeof(T)) != 0) return false;
+    }
+  }
+  return true;
 }
 
 template <typename T>
@@ -185,7 +202,7 @@ std::tuple<at::Tensor, at::Tensor> csr_forward(const char* op, const at::Tensor&
       at::Tensor out = cpu::empty_output({n, m}, x.options());
       if (!GRANET_ISA_CALL(spmv<scalar_t>, c.data_ptr<int32_t>(), j.data_ptr<int32_t>(), values.data_ptr<scalar_t>(),
                            bias.defined() ? bias.data_ptr<scalar_t>() : nullptr, xc.data_ptr<scalar_t>(),
-                           out.data_ptr<scalar_t>(), m, k))
+                           out.data_ptr<scalar_t>(), m, k, panel_bytes_of<scalar_t>(1)))
         raise_bad_index(op, "crow_indices", c, "col_indices", j, k);
       return out;
     }
@@ -329,6 +346,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> linear_backward(const char* op, c
                         panel_elems<scalar_t>(n, k), " entries that the forward packed x into, got shape ",
                         xpt.sizes(), ", dtype ", xpt.scalar_type(), " on ", xpt.device());
       xp = xpt.data_ptr<scalar_t>();
+      // The length fits any batch packed into as many panels: x's first and last rows must be in
+      // the lanes this batch puts them in (panels of another batch or another x would not be).
+      TORCH_CHECK_VALUE(panels_hold_rows<scalar_t>(xp, x, bt), op,
+                        ": x_panels does not hold x (packed from another batch or another input?)");
     } else {
       xp = pack<scalar_t>(x, Scratch::b);
     }

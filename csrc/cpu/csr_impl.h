@@ -264,27 +264,32 @@ bool csr_spmm_panels(const int32_t* crow, const int32_t* col, const T* values, c
 // Forward of a single input row (batch 1, inference): y[i] = bias[i] + sum of values * x[col]. x is
 // read in place (no panel: k floats stay in L1 up to k = 8192 fp32): 1.6-1.7x faster than the
 // narrowest panel at batch 1 (W 1024^2 and 4096^2, d = 0.05 and 0.2, Zen 3). The sums run in the
-// order of spmm_task at batch 1 (four chains over groups of four slots below q_safe, the rest on the
-// first chain, then chains added in order, then the bias), so training and inference forwards of
-// one row give the same bits. Every column index is range-checked before it addresses x.
-template <typename T>
+// order of spmm_task at batch 1 with the panel width the training forward uses (U chains over groups
+// of U slots below q_safe, the rest on the first chain, then chains added in order, then the bias),
+// so training and inference forwards of one row give the same bits. Every column index is
+// range-checked before it addresses x.
+template <typename T, int U>
 bool csr_spmv(const int32_t* crow, const int32_t* col, const T* values, const T* bias, const T* x, T* y, int64_t m,
               int64_t k) {
-  constexpr int U = 4;  // acc_sets() of a one-vector panel row: the batch-1 panel is one vector wide
   const uint32_t kb = index_bound(k);
   const int64_t q_safe = static_cast<int64_t>(crow[m]) - kPrefetchAhead - U;
   uint32_t bad = 0;
 #pragma omp parallel for schedule(dynamic, 256) reduction(| : bad)
   for (int64_t i = 0; i < m; ++i) {
-    T acc[U] = {T(0), T(0), T(0), T(0)};
+    T acc[U];
+    for (int u = 0; u < U; ++u) acc[u] = T(0);
     int64_t q = crow[i];
     const int64_t q_end = crow[i + 1];
     const int64_t q_fast = min_i64(q_end, q_safe);
     bool ok = true;
     for (; q + U <= q_fast; q += U) {
       uint32_t c[U];
-      for (int u = 0; u < U; ++u) c[u] = static_cast<uint32_t>(col[q + u]);
-      if ((c[0] >= kb) | (c[1] >= kb) | (c[2] >= kb) | (c[3] >= kb)) {
+      uint32_t outside = 0;
+      for (int u = 0; u < U; ++u) {
+        c[u] = static_cast<uint32_t>(col[q + u]);
+        outside |= static_cast<uint32_t>(c[u] >= kb);
+      }
+      if (outside != 0) {
         ok = false;
         break;
       }
@@ -797,10 +802,16 @@ inline bool backward(const int32_t* ccol, const int32_t* row, const T* w_csc, co
   if (need_dx) return backward_panels<T, true, false>(ccol, row, w_csc, dyp, xp, dx, dw_csc, n, m, k, panel_bytes);
   return backward_panels<T, false, true>(ccol, row, w_csc, dyp, xp, dx, dw_csc, n, m, k, panel_bytes);
 }
+// panel_bytes: the width the training forward packs one row into (its chain count is copied).
 template <typename T>
 inline bool spmv(const int32_t* crow, const int32_t* col, const T* values, const T* bias, const T* x, T* y, int64_t m,
-                 int64_t k) {
-  return csr_spmv<T>(crow, col, values, bias, x, y, m, k);
+                 int64_t k, int panel_bytes) {
+  constexpr int L = Simd<T>::lanes;
+#if GRANET_VECTOR_BYTES <= 32
+  if (panel_bytes == 32) return csr_spmv<T, acc_sets<32 / sizeof(T) / L>()>(crow, col, values, bias, x, y, m, k);
+#endif
+  if (panel_bytes == 128) return csr_spmv<T, acc_sets<128 / sizeof(T) / L>()>(crow, col, values, bias, x, y, m, k);
+  return csr_spmv<T, acc_sets<64 / sizeof(T) / L>()>(crow, col, values, bias, x, y, m, k);
 }
 // dx_bufs: max_threads * k * (panel width) elements.
 template <typename T>

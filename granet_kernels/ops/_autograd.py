@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any, Callable
 
 import torch
+from torch.autograd import forward_ad
 from torch.utils._python_dispatch import _get_current_dispatch_mode
 
 from granet_kernels import backends
@@ -22,13 +23,20 @@ def refuse_double_backward(qualname: str) -> None:
                            "of granet ops are first order only")
 
 
-def _save_inputs(ctx, inputs) -> None:
-    """Keep the inputs for the backward, the tensors through save_for_backward: autograd then raises,
-    as for torch's own ops, when one of them is modified in place before the backward runs (the
-    gradients would be computed from the new values)."""
-    ctx.tensor_slots = [i for i, a in enumerate(inputs) if isinstance(a, torch.Tensor)]
+def _save_inputs(ctx, inputs, needed_for: dict[int, tuple[int, ...]], needs) -> None:
+    """Keep the inputs for the backward. The tensors the gradients asked for need go through
+    save_for_backward, so that autograd raises, as for torch's own ops, when one of them is modified
+    in place before the backward runs (the gradients would be computed from the new values).
+    `needed_for[i]` lists the inputs whose gradients need input i (absent: always needed, as the
+    indices are); the others are kept as they are (a bias, whose gradient needs only dy)."""
+    def saved(i):
+        wanted = needed_for.get(i)
+        return wanted is None or any(needs[j] for j in wanted)
+
+    ctx.tensor_slots = [i for i, a in enumerate(inputs) if isinstance(a, torch.Tensor) and saved(i)]
     ctx.save_for_backward(*(inputs[i] for i in ctx.tensor_slots))
-    ctx.other_inputs = [None if isinstance(a, torch.Tensor) else a for a in inputs]
+    slots = set(ctx.tensor_slots)
+    ctx.other_inputs = [None if i in slots else a for i, a in enumerate(inputs)]
 
 
 def _saved_inputs(ctx) -> list:
@@ -38,14 +46,18 @@ def _saved_inputs(ctx) -> list:
     return inputs
 
 
-def register_linear_autograd(opdef: OpDef, backward: Callable):
-    """Register `backward(saved_inputs, grad, needs_input_grad, hint) -> grads` for an op; all
-    inputs are saved (the products need them); grads not needed may be None. `hint` is what the
+def register_linear_autograd(opdef: OpDef, backward: Callable, needed_for: dict[int, tuple[int, ...]] | None = None):
+    """Register `backward(saved_inputs, grad, needs_input_grad, hint) -> grads` for an op; grads not
+    needed may be None. `needed_for` says which inputs each saved input serves (see _save_inputs):
+    for y = x @ W^T, {x: (W,), W: (x,), bias: ()}. `hint` is what the
     forward kernel left on its output under BACKWARD_HINT (None if nothing), e.g. a fact it
     checked that the backward can then rely on without checking again."""
 
+    needed_for = dict(needed_for or {})
+    _NEEDED_FOR[opdef.name] = needed_for
+
     def setup_context(ctx, inputs, output):
-        _save_inputs(ctx, inputs)
+        _save_inputs(ctx, inputs, needed_for, ctx.needs_input_grad)
         ctx.hint = getattr(output, BACKWARD_HINT, None)
         if ctx.hint is not None:  # the backward holds it now, not the output (a hint may be a buffer)
             delattr(output, BACKWARD_HINT)
@@ -68,6 +80,7 @@ def register_linear_autograd(opdef: OpDef, backward: Callable):
 # fake tensors, export), tensor subclasses, functorch transforms, a forced backend other than cpu.
 
 _EAGER_BACKWARD: dict[str, Callable] = {}
+_NEEDED_FOR: dict[str, dict[int, tuple[int, ...]]] = {}
 _PLAIN_TENSOR_TYPES = (torch.Tensor, torch.nn.Parameter, torch.nn.Buffer)
 
 
@@ -79,7 +92,7 @@ class _EagerCall(torch.autograd.Function):
             opdef.check_values(*args)
         output = kernel.fn(*args)
         ctx.opdef = opdef
-        _save_inputs(ctx, args)
+        _save_inputs(ctx, args, _NEEDED_FOR[opdef.name], ctx.needs_input_grad[2:])
         ctx.hint = getattr(output, BACKWARD_HINT, None)
         if ctx.hint is not None:
             delattr(output, BACKWARD_HINT)
@@ -115,7 +128,8 @@ def call(opdef: OpDef, *args: Any):
     kernel = _eager_cpu_kernel(opdef, args)
     if kernel is None:
         return opdef.op(*args)
-    if torch.is_grad_enabled() and any(isinstance(a, torch.Tensor) and a.requires_grad for a in args):
+    if (torch.is_grad_enabled() and any(isinstance(a, torch.Tensor) and a.requires_grad for a in args)) or (
+            forward_ad._current_level >= 0):  # dual tensors: the Function says it has no jvp (not a dropped tangent)
         return _EagerCall.apply(opdef, kernel, *args)
     # Nothing to differentiate (inference, no_grad): no autograd node either (~20 us less per call).
     opdef.check(*args)

@@ -121,7 +121,7 @@ def _spmm_backward(saved, grad, needs, hint=None):
     return None, None, grad_values, grad_x
 
 
-register_linear_autograd(bsr_spmm_def, _spmm_backward)
+register_linear_autograd(bsr_spmm_def, _spmm_backward, needed_for={2: (3,), 3: (2,)})
 register_not_differentiable(bsr_spmm_t_def, "use bsr_spmm, whose backward calls it")
 register_not_differentiable(bsr_sddmm_def, "use bsr_spmm, whose backward calls it")
 

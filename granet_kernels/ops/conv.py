@@ -202,7 +202,7 @@ def _forward_backward(saved, grad, needs, hint=None):
     return grad_input, None, None, grad_values, None, None, None, None, grad_bias
 
 
-register_linear_autograd(sparse_conv2d_def, _forward_backward)
+register_linear_autograd(sparse_conv2d_def, _forward_backward, needed_for={0: (3,), 3: (0,), 8: ()})
 register_not_differentiable(sparse_conv2d_dx_def, "use sparse_conv2d, whose backward calls it")
 register_not_differentiable(sparse_conv2d_dw_def, "use sparse_conv2d, whose backward calls it")
 register_not_differentiable(sparse_conv2d_backward_def, "use sparse_conv2d, whose backward calls it")

@@ -198,7 +198,7 @@ def _spmm_backward(saved, grad, needs, hint=None):
     return None, None, grad_values, grad_x
 
 
-register_linear_autograd(csr_spmm_def, _spmm_backward)
+register_linear_autograd(csr_spmm_def, _spmm_backward, needed_for={2: (3,), 3: (2,)})
 
 
 # The CPU kernel of the training step's backward with the bias gradient fused (summed while dy is
@@ -242,7 +242,7 @@ def _linear_backward(saved, grad, needs, hint=None):
     return grad_x, None, None, None, None, None, grad_values, grad_bias
 
 
-register_linear_autograd(csr_linear_def, _linear_backward)
+register_linear_autograd(csr_linear_def, _linear_backward, needed_for={0: (6,), 6: (0,), 7: ()})
 register_not_differentiable(csr_spmm_t_def, "use csr_spmm, whose backward calls it")
 register_not_differentiable(csr_sddmm_def, "use csr_spmm, whose backward calls it")
 register_not_differentiable(csr_linear_backward_def, "use csr_spmm, whose backward calls it")

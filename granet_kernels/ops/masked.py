@@ -99,7 +99,7 @@ def _backward(saved, grad, needs, hint=None):
     return grad_x, grad_weight, None, grad_bias
 
 
-register_linear_autograd(masked_matmul_def, _backward)
+register_linear_autograd(masked_matmul_def, _backward, needed_for={0: (1,), 1: (0,), 3: ()})
 
 
 def masked_matmul(x, weight, mask, bias=None):
@@ -204,7 +204,7 @@ def _conv_backward(saved, grad, needs, hint=None):
     return grad_input, grad_weight, None, None, None, None, grad_bias
 
 
-register_linear_autograd(masked_conv2d_def, _conv_backward)
+register_linear_autograd(masked_conv2d_def, _conv_backward, needed_for={0: (1,), 1: (0,), 6: ()})
 
 
 def masked_conv2d(input, weight, mask, stride, padding, dilation, bias=None):

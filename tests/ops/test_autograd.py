@@ -246,15 +246,47 @@ def test_double_backward_is_refused_with_a_clear_error(name, backend, path):
 @pytest.mark.parametrize("path", ["op", "eager"])
 @pytest.mark.parametrize("name", list(GRAD_ARGS))
 def test_an_input_modified_in_place_before_the_backward_is_an_error(name, path):
-    """As with torch's own ops: a tensor the backward needs, changed in place after the forward, makes
-    the backward raise instead of computing gradients from the new values."""
+    """As with torch's own ops: a tensor the backward needs (x for dW, the weight for dx), changed in
+    place after the forward, makes the backward raise instead of computing gradients from the new
+    values. The bias is not needed (its gradient is dy summed): changing it is allowed, as for
+    nn.Linear, and so is changing the weight when no dx is asked for."""
     run = _caller(name, path)
     args = sample_inputs(name, dtype=torch.float64, seed=3)[1]
     positions = [j for j in GRAD_ARGS[name] if isinstance(args[j], torch.Tensor)]
+    bias = BIAS_ARG.get(name)
     for j in positions:
         leaves = requires_grad_floats(args, positions)
         out = run(*leaves)
         with torch.no_grad():
             leaves[j].mul_(2)
-        with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        if j == bias:
             out.sum().backward()
+            assert leaves[j].grad is not None
+        else:
+            with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+                out.sum().backward()
+    weight, data = WEIGHT_AND_DATA_ARGS[name]
+    leaves = requires_grad_floats(args, (weight,))  # dW only: the weight itself is not needed
+    out = run(*leaves)
+    expected = torch.autograd.grad(run(*leaves).sum(), leaves[weight])[0]
+    with torch.no_grad():
+        leaves[weight].mul_(2)
+    out.sum().backward()
+    torch.testing.assert_close(leaves[weight].grad, expected)
+
+
+BIAS_ARG = {"csr_linear": 7, "masked_matmul": 3, "masked_conv2d": 6, "sparse_conv2d": 8}
+WEIGHT_AND_DATA_ARGS = {"csr_spmm": (2, 3), "csr_linear": (6, 0), "bsr_spmm": (2, 3), "masked_matmul": (1, 0),
+                        "masked_conv2d": (1, 0), "sparse_conv2d": (3, 0)}
+
+
+@pytest.mark.parametrize("grad_enabled", [True, False])
+def test_forward_mode_ad_says_it_is_not_supported(grad_enabled):
+    """Dual inputs get a clear error (no jvp), never an output whose tangent was silently dropped."""
+    import torch.autograd.forward_ad as fwAD
+
+    layer = granet_kernels.SparseLinear(12, 7, density=0.4, layout="csr")
+    x, t = torch.randn(4, 12), torch.randn(4, 12)
+    with fwAD.dual_level(), torch.set_grad_enabled(grad_enabled):
+        with pytest.raises(NotImplementedError, match="jvp"):
+            layer(fwAD.make_dual(x, t))

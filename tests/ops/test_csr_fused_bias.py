@@ -116,6 +116,41 @@ def test_one_row_forward_is_the_training_forward_bit_for_bit(dtype, threads, see
         torch.set_num_threads(before)
 
 
+@pytest.mark.parametrize("panel_bytes", ["32", "64", "128"])
+def test_one_row_forward_matches_the_training_forward_under_every_panel_width(panel_bytes):
+    # The panel width is read once per process: a child process per forced width.
+    import subprocess
+    import sys
+    code = """
+import torch, granet_kernels
+from granet_kernels.ops.samples import random_csr
+for seed in range(8):
+    g = torch.Generator().manual_seed(seed)
+    for dtype in (torch.float32, torch.float64):
+        crow, col, values = random_csr(97, 150, 0.3, gen=g, dtype=dtype)
+        x = torch.randn(1, 150, generator=g, dtype=dtype)
+        a = torch.ops.granet._native_csr_linear_bias(x, crow, col, values, None)
+        b, _ = torch.ops.granet._native_csr_linear_bias_panels(x, crow, col, values, None)
+        assert torch.equal(a, b), (seed, dtype, (a - b).abs().max())
+print("ok")
+"""
+    env = {**__import__("os").environ, "GRANET_CSR_PANEL_BYTES": panel_bytes}
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and "ok" in done.stdout, done.stdout + done.stderr
+
+
+def test_backward_refuses_panels_of_another_batch(seed):
+    crow, col, values, x, bias, dy = _operands(5, 20, 30, 0.3, 0, 0, torch.float32, seed)
+    ccol, row, perm = transpose_index(crow, col, x.shape[1])
+    backward = torch.ops.granet._native_csr_linear_backward_bias
+    for other in (x[:3], x[:4], torch.randn_like(x)):  # same panel count and length, other rows
+        _, panels = torch.ops.granet._native_csr_linear_bias_panels(other.contiguous(), crow, col, values, bias)
+        with pytest.raises(ValueError, match=r"\bx_panels does not hold x"):
+            backward(ccol, row, perm, values, dy, x, panels, crow, col)
+    _, panels = torch.ops.granet._native_csr_linear_bias_panels(x, crow, col, values, bias)
+    backward(ccol, row, perm, values, dy, x, panels, crow, col)  # its own panels pass
+
+
 def test_sparse_linear_training_step_uses_the_fused_path_and_matches_dense():
     torch.manual_seed(0)
     layer = gk.SparseLinear(37, 45, density=0.2, layout="csr")

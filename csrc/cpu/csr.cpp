@@ -333,6 +333,23 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> linear_backward(const char* op, c
   at::Tensor dvalues = cpu::empty_output({row.numel()}, dy.options());
   at::Tensor dbias = bias_grad ? at::empty({m}, dy.options()) : at::Tensor();
   at::Tensor dx = AT_DISPATCH_FLOATING_TYPES(dy.scalar_type(), "granet_csr_linear_backward_cpu", [&] {
+#ifdef _OPENMP
+    const int threads = omp_get_max_threads();
+#else
+    const int threads = 1;
+#endif
+    if (by_rows && n == 1) {  // one row: x and dy read in place, no panels (x_panels, if any, unused)
+      const at::Tensor xc = x.contiguous(), dyc = dy.contiguous(), v = values.contiguous();
+      at::Tensor grad_x = cpu::empty_output({n, k}, dy.options());
+      scalar_t* bufs = cpu::scratch_of<scalar_t>(Scratch::c, static_cast<size_t>(threads) * k);
+      if (!GRANET_ISA_CALL_AT_MOST_AVX2(backward_one_row<scalar_t>, crow.data_ptr<int32_t>(), col.data_ptr<int32_t>(),
+                                        v.data_ptr<scalar_t>(), dyc.data_ptr<scalar_t>(), xc.data_ptr<scalar_t>(),
+                                        grad_x.data_ptr<scalar_t>(), dvalues.data_ptr<scalar_t>(), bufs, threads, m,
+                                        k))
+        raise_bad_index(op, "crow_indices", crow, "col_indices", col, k);
+      if (bias_grad) dbias.copy_(dyc.reshape({m}));
+      return grad_x;
+    }
     const int64_t bt = panel_bytes_of<scalar_t>(n) / static_cast<int64_t>(sizeof(scalar_t));
     const int64_t n_panels = (n + bt - 1) / bt;
     scalar_t* sums = bias_grad ? cpu::scratch_of<scalar_t>(Scratch::f, n_panels * m) : nullptr;
@@ -356,11 +373,6 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> linear_backward(const char* op, c
     at::Tensor grad_x = cpu::empty_output({n, k}, dy.options());
     if (by_rows) {  // values and dvalues in their own (CSR) order: no gather, no scatter
       const at::Tensor v = values.contiguous();
-#ifdef _OPENMP
-      const int threads = omp_get_max_threads();
-#else
-      const int threads = 1;
-#endif
       scalar_t* bufs = cpu::scratch_of<scalar_t>(Scratch::c, static_cast<size_t>(threads) * k * bt);
       if (!GRANET_ISA_CALL_AT_MOST_AVX2(backward_rows<scalar_t>, crow.data_ptr<int32_t>(), col.data_ptr<int32_t>(),
                                         v.data_ptr<scalar_t>(), dyp, xp, grad_x.data_ptr<scalar_t>(),

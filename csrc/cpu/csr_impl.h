@@ -710,6 +710,66 @@ bool csr_backward_rows(const int32_t* crow, const int32_t* col, const T* values,
   return bad_flag == 0;
 }
 
+// The CSR-order backward of a single batch row: x, dy and dx as plain vectors (no panels), so that
+// x and each thread's dx accumulator (k values each) stay in L1 where the one-panel kernel's 8-lane
+// rows (32 bytes per column) live in L2:
+//   dw[q] = dy[i] * x[col(q)],   dx[col(q)] += w[q] * dy[i].
+// Threads take row ranges and their own dx buffer (dx_bufs: threads x k), summed into dx at the end.
+// col is range-checked as it is read (false: a bad entry). crow must be checked by the caller.
+template <typename T>
+bool csr_backward_one_row(const int32_t* crow, const int32_t* col, const T* values, const T* dy, const T* x, T* dx,
+                          T* dw, T* dx_bufs, int max_threads, int64_t m, int64_t k) {
+  const uint32_t kb = index_bound(k);
+  int bad_flag = 0;
+#pragma omp parallel num_threads(max_threads)
+  {
+#ifdef _OPENMP
+    const int64_t nt = omp_get_num_threads(), t = omp_get_thread_num();
+#else
+    const int64_t nt = 1, t = 0;
+#endif
+    const int64_t nnz = crow[m], total = nnz + m;
+    auto split = [&](int64_t part) {
+      const int64_t target = total * part / nt;
+      int64_t lo = 0, hi = m;
+      while (lo < hi) {
+        const int64_t mid = (lo + hi) / 2;
+        if (static_cast<int64_t>(crow[mid]) + mid < target) lo = mid + 1;
+        else hi = mid;
+      }
+      return lo;
+    };
+    const int64_t i0 = split(t), i1 = t + 1 == nt ? m : split(t + 1);
+    T* const buf = dx_bufs + t * k;
+    for (int64_t j = 0; j < k; ++j) buf[j] = T(0);
+    bool ok = true;
+    for (int64_t i = i0; ok && i < i1; ++i) {
+      const T d = dy[i];
+      for (int64_t q = crow[i]; q < crow[i + 1]; ++q) {
+        const uint32_t c = static_cast<uint32_t>(col[q]);
+        if (c >= kb) {
+          ok = false;
+          break;
+        }
+        dw[q] = d * x[c];
+        buf[c] += values[q] * d;
+      }
+    }
+    if (!ok) {
+#pragma omp atomic write
+      bad_flag = 1;
+    }
+#pragma omp barrier
+    const int64_t c0 = k * t / nt, c1 = k * (t + 1) / nt;
+    for (int64_t j = c0; j < c1; ++j) {
+      T a = dx_bufs[j];
+      for (int64_t u = 1; u < nt; ++u) a += dx_bufs[u * k + j];
+      dx[j] = a;
+    }
+  }
+  return bad_flag == 0;
+}
+
 // SDDMM in CSR order: dw[q] = <dy[:, i], x[:, col(q)]> for the nonzeros q of row i.
 template <typename T, int BT>
 void csr_sddmm_panels(const int32_t* crow, const int32_t* col, const T* dyp, const T* xp, T* dw, int64_t n,
@@ -812,6 +872,11 @@ inline bool spmv(const int32_t* crow, const int32_t* col, const T* values, const
 #endif
   if (panel_bytes == 128) return csr_spmv<T, acc_sets<128 / sizeof(T) / L>()>(crow, col, values, bias, x, y, m, k);
   return csr_spmv<T, acc_sets<64 / sizeof(T) / L>()>(crow, col, values, bias, x, y, m, k);
+}
+template <typename T>
+inline bool backward_one_row(const int32_t* crow, const int32_t* col, const T* values, const T* dy, const T* x, T* dx,
+                             T* dw, T* dx_bufs, int max_threads, int64_t m, int64_t k) {
+  return csr_backward_one_row<T>(crow, col, values, dy, x, dx, dw, dx_bufs, max_threads, m, k);
 }
 // dx_bufs: max_threads * k * (panel width) elements.
 template <typename T>

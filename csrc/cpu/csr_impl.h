@@ -390,6 +390,26 @@ inline void add_hsum8(const f32x8* h, float* out, bool assign) {
 constexpr bool kDotGroupsOf8 = false;
 #endif
 
+// Thread t's share [first, last) of the `count` rows (or columns) of a compressed index ptr, when
+// the cost ptr[r] + r (slots plus per-row work) is split evenly among nt threads.
+struct Share {
+  int64_t first, last;
+};
+inline Share balanced_share(const int32_t* ptr, int64_t count, int64_t t, int64_t nt) {
+  const int64_t total = static_cast<int64_t>(ptr[count]) + count;
+  auto boundary = [&](int64_t part) {  // first r with ptr[r] + r >= total * part / nt
+    const int64_t target = total * part / nt;
+    int64_t lo = 0, hi = count;
+    while (lo < hi) {
+      const int64_t mid = (lo + hi) / 2;
+      if (static_cast<int64_t>(ptr[mid]) + mid < target) lo = mid + 1;
+      else hi = mid;
+    }
+    return lo;
+  };
+  return {boundary(t), t + 1 == nt ? count : boundary(t + 1)};
+}
+
 // Backward in CSC order, fused: walking W by columns j, x's panel row j and the dx accumulator stay
 // in registers; each nonzero (i, j) loads dy's panel row i once and uses it twice:
 //   dx[:, j] += w(i, j) * dy[:, i]      (if DX)
@@ -422,19 +442,8 @@ bool csc_backward_panels(const int32_t* ccol, const int32_t* row, const T* w_csc
 #else
     const int64_t nt = 1, t = 0;
 #endif
-    // Columns [j0, j1): the cost ccol[j] + j (slots plus per-column work) split evenly.
-    const int64_t total = static_cast<int64_t>(ccol[k]) + k;
-    auto split = [&](int64_t part) {
-      const int64_t target = total * part / nt;
-      int64_t lo = 0, hi = k;  // first j with ccol[j] + j >= target
-      while (lo < hi) {
-        const int64_t mid = (lo + hi) / 2;
-        if (static_cast<int64_t>(ccol[mid]) + mid < target) lo = mid + 1;
-        else hi = mid;
-      }
-      return lo;
-    };
-    const int64_t j0 = split(t), j1 = t + 1 == nt ? k : split(t + 1);
+    const Share share = balanced_share(ccol, k, t, nt);  // columns [j0, j1)
+    const int64_t j0 = share.first, j1 = share.last;
     const int64_t s_limit = ccol[j1];
     const uint32_t mb = index_bound(m);
     if (n_panels == 0)  // no batch rows: the gradient is zero (and the index is still checked)
@@ -594,19 +603,8 @@ bool csr_backward_rows(const int32_t* crow, const int32_t* col, const T* values,
 #else
     const int64_t nt = 1, t = 0;
 #endif
-    // Rows [i0, i1): the cost crow[i] + i (slots plus per-row work) split evenly.
-    const int64_t total = nnz + m;
-    auto split = [&](int64_t part) {
-      const int64_t target = total * part / nt;
-      int64_t lo = 0, hi = m;
-      while (lo < hi) {
-        const int64_t mid = (lo + hi) / 2;
-        if (static_cast<int64_t>(crow[mid]) + mid < target) lo = mid + 1;
-        else hi = mid;
-      }
-      return lo;
-    };
-    const int64_t i0 = split(t), i1 = t + 1 == nt ? m : split(t + 1);
+    const Share share = balanced_share(crow, m, t, nt);  // rows [i0, i1)
+    const int64_t i0 = share.first, i1 = share.last;
     T* buf = dx_bufs + t * k * BT;
     // Columns [c0, c1) of the dx sum after each panel.
     const int64_t c0 = k * t / nt, c1 = k * (t + 1) / nt;
@@ -728,18 +726,8 @@ bool csr_backward_one_row(const int32_t* crow, const int32_t* col, const T* valu
 #else
     const int64_t nt = 1, t = 0;
 #endif
-    const int64_t nnz = crow[m], total = nnz + m;
-    auto split = [&](int64_t part) {
-      const int64_t target = total * part / nt;
-      int64_t lo = 0, hi = m;
-      while (lo < hi) {
-        const int64_t mid = (lo + hi) / 2;
-        if (static_cast<int64_t>(crow[mid]) + mid < target) lo = mid + 1;
-        else hi = mid;
-      }
-      return lo;
-    };
-    const int64_t i0 = split(t), i1 = t + 1 == nt ? m : split(t + 1);
+    const Share share = balanced_share(crow, m, t, nt);  // rows [i0, i1)
+    const int64_t i0 = share.first, i1 = share.last;
     T* const buf = dx_bufs + t * k;
     for (int64_t j = 0; j < k; ++j) buf[j] = T(0);
     bool ok = true;

@@ -410,6 +410,20 @@ inline Share balanced_share(const int32_t* ptr, int64_t count, int64_t t, int64_
   return {boundary(t), t + 1 == nt ? count : boundary(t + 1)};
 }
 
+// out[0..G) (= or +=) the lane sums of a group's dot vectors: with kDotGroupsOf8 (fp32, AVX2) the
+// group is 8 and dot[0, 2, 4, 6] already hold pairs folded by hadd8 as the slots completed.
+template <typename T, bool GROUP8>
+inline void add_group_sums(const typename Simd<T>::vec* dot, T* out, bool assign) {
+#if GRANET_VECTOR_BYTES == 32
+  if constexpr (GROUP8) {
+    const f32x8 h[4] = {dot[0], dot[2], dot[4], dot[6]};
+    add_hsum8(h, out, assign);
+    return;
+  }
+#endif
+  add_hsum4<T>(dot, out, assign);
+}
+
 // Backward in CSC order, fused: walking W by columns j, x's panel row j and the dx accumulator stay
 // in registers; each nonzero (i, j) loads dy's panel row i once and uses it twice:
 //   dx[:, j] += w(i, j) * dy[:, i]      (if DX)
@@ -492,15 +506,7 @@ bool csc_backward_panels(const int32_t* ccol, const int32_t* row, const T* w_csc
 #endif
             }
           }
-          if constexpr (DW) {
-#if GRANET_VECTOR_BYTES == 32
-            if constexpr (kGroup8) {
-              const f32x8 h[4] = {dot[0], dot[2], dot[4], dot[6]};
-              add_hsum8(h, dw_csc + s, FIRST);
-            } else
-#endif
-              add_hsum4<T>(dot, dw_csc + s, FIRST);
-          }
+          if constexpr (DW) add_group_sums<T, kGroup8>(dot, dw_csc + s, FIRST);
         }
         for (; s < s_end; ++s) {
           const uint32_t r = static_cast<uint32_t>(row[s]);
@@ -649,13 +655,7 @@ bool csr_backward_rows(const int32_t* crow, const int32_t* col, const T* values,
               if (u & 1) dot[u - 1] = hadd8(dot[u - 1], dot[u]);
 #endif
           }
-#if GRANET_VECTOR_BYTES == 32
-          if constexpr (kGroup8) {
-            const f32x8 h[4] = {dot[0], dot[2], dot[4], dot[6]};
-            add_hsum8(h, dw_l + q, FIRST);
-          } else
-#endif
-            add_hsum4<T>(dot, dw_l + q, FIRST);
+          add_group_sums<T, kGroup8>(dot, dw_l + q, FIRST);
         }
         for (; q < q_end; ++q) {
           const uint32_t c = static_cast<uint32_t>(col_l[q]);

@@ -15,19 +15,25 @@ from granet_kernels.ops._registry import Kernel, nnz_of_mask, register_op
 OP = "granet::masked_matmul"
 
 
-def _check(x, weight, mask, bias=None):
-    C.tensor(OP, "x", x, dim=2, dtypes=C.FLOAT_DTYPES)
-    C.tensor(OP, "weight", weight, dim=2, dtypes=C.FLOAT_DTYPES)
-    C.tensor(OP, "mask", mask, dim=2, dtypes=(torch.bool,))
-    C.same_dtype(OP, [("x", x), ("weight", weight)])
-    C.size(OP, "weight", weight, 1, x.shape[1], "the features of x")
+def _check_masked_operands(op, data_name, data, weight, mask, bias, dim, data_size, bias_size):
+    """The checks both masked products share: `data` [N, K, ...] against weight / mask [M, K, ...]
+    (mask bool, of weight's shape) and bias [M]."""
+    C.tensor(op, data_name, data, dim=dim, dtypes=C.FLOAT_DTYPES)
+    C.tensor(op, "weight", weight, dim=dim, dtypes=C.FLOAT_DTYPES)
+    C.tensor(op, "mask", mask, dim=dim, dtypes=(torch.bool,))
+    C.same_dtype(op, [(data_name, data), ("weight", weight)])
+    C.size(op, "weight", weight, 1, data.shape[1], data_size)
     if mask.shape != weight.shape:
-        raise ValueError(f"{OP}: mask must have weight's shape {tuple(weight.shape)}, got {tuple(mask.shape)}")
+        raise ValueError(f"{op}: mask must have weight's shape {tuple(weight.shape)}, got {tuple(mask.shape)}")
     if bias is not None:
-        C.tensor(OP, "bias", bias, dim=1)
-        C.same_dtype(OP, [("x", x), ("bias", bias)])
-        C.size(OP, "bias", bias, 0, weight.shape[0], "the rows of weight")
-    C.same_device(OP, [("x", x), ("weight", weight), ("mask", mask), ("bias", bias)])
+        C.tensor(op, "bias", bias, dim=1)
+        C.same_dtype(op, [(data_name, data), ("bias", bias)])
+        C.size(op, "bias", bias, 0, weight.shape[0], bias_size)
+    C.same_device(op, [(data_name, data), ("weight", weight), ("mask", mask), ("bias", bias)])
+
+
+def _check(x, weight, mask, bias=None):
+    _check_masked_operands(OP, "x", x, weight, mask, bias, 2, "the features of x", "the rows of weight")
 
 
 def _cpu(x, weight, mask, bias=None):
@@ -115,18 +121,8 @@ CONV_OP = "granet::masked_conv2d"
 def _check_conv(input, weight, mask, stride, padding, dilation, bias=None):
     from granet_kernels.ops.conv import _check_geometry
 
-    C.tensor(CONV_OP, "input", input, dim=4, dtypes=C.FLOAT_DTYPES)
-    C.tensor(CONV_OP, "weight", weight, dim=4, dtypes=C.FLOAT_DTYPES)
-    C.tensor(CONV_OP, "mask", mask, dim=4, dtypes=(torch.bool,))
-    C.same_dtype(CONV_OP, [("input", input), ("weight", weight)])
-    C.size(CONV_OP, "weight", weight, 1, input.shape[1], "the channels of input")
-    if mask.shape != weight.shape:
-        raise ValueError(f"{CONV_OP}: mask must have weight's shape {tuple(weight.shape)}, got {tuple(mask.shape)}")
-    if bias is not None:
-        C.tensor(CONV_OP, "bias", bias, dim=1)
-        C.same_dtype(CONV_OP, [("input", input), ("bias", bias)])
-        C.size(CONV_OP, "bias", bias, 0, weight.shape[0], "the output channels of weight")
-    C.same_device(CONV_OP, [("input", input), ("weight", weight), ("mask", mask), ("bias", bias)])
+    _check_masked_operands(CONV_OP, "input", input, weight, mask, bias, 4, "the channels of input",
+                           "the output channels of weight")
     _check_geometry(CONV_OP, input.shape[2:], weight.shape[2:], stride, padding, dilation)
 
 

@@ -69,6 +69,14 @@ std::tuple<at::Tensor, at::Tensor> sparse_conv2d_backward_cpu(const at::Tensor& 
 bool masked_positions_are_zero_cpu(const at::Tensor& weight, const at::Tensor& mask);
 // grad[~mask] = 0, in place.
 void zero_masked_cpu(at::Tensor& grad, const at::Tensor& mask);
+// Small batches: y = x @ (weight * mask)^T + bias with the mask applied as the weight is read.
+at::Tensor masked_linear_small_cpu(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& mask,
+                                   const std::optional<at::Tensor>& bias);
+// Small batches: (dx = dy @ (weight * mask), dW = (dy^T @ x) * mask) in one pass over the weight;
+// an output not asked for is empty (weight may be absent without dx).
+std::tuple<at::Tensor, at::Tensor> masked_backward_small_cpu(const at::Tensor& dy, const at::Tensor& x,
+                                                             const std::optional<at::Tensor>& weight,
+                                                             const at::Tensor& mask, bool need_dx, bool need_dw);
 
 // Selection (csrc/cpu/selection.cpp); contiguous float16/bfloat16/float32/float64 CPU tensors.
 // The k-th largest |value| over all tensors of the list, as a 0-d tensor of their dtype (NaN counts

@@ -54,6 +54,10 @@ TORCH_LIBRARY(granet, m) {
   // Native kernels behind the public ops (same schemas, one per kernel family).
   m.def("_native_masked_positions_are_zero(Tensor weight, Tensor mask) -> bool");
   m.def("_native_zero_masked_(Tensor(a!) grad, Tensor mask) -> ()");
+  // Small batches of the masked layout: the mask applied as the weight is read (one pass over it).
+  m.def("_native_masked_linear_small(Tensor x, Tensor weight, Tensor mask, Tensor? bias=None) -> Tensor");
+  m.def("_native_masked_backward_small(Tensor dy, Tensor x, Tensor? weight, Tensor mask, bool need_dx, "
+        "bool need_dw) -> (Tensor, Tensor)");
   // The masked layout's weight gradient, (grad^T @ x) zeroed outside the mask: the backward calls it
   // where a dispatch mode watches (FlopCounterMode, tracing), so it is counted as 2 * N * nnz.
   m.def("_masked_weight_grad(Tensor grad, Tensor x, Tensor mask) -> Tensor");
@@ -94,6 +98,8 @@ TORCH_LIBRARY(granet, m) {
 TORCH_LIBRARY_IMPL(granet, CPU, m) {
   m.impl("_native_masked_positions_are_zero", &granet::masked_positions_are_zero_cpu);
   m.impl("_native_zero_masked_", &granet::zero_masked_cpu);
+  m.impl("_native_masked_linear_small", &granet::masked_linear_small_cpu);
+  m.impl("_native_masked_backward_small", &granet::masked_backward_small_cpu);
   m.impl("_native_csr_spmm", &granet::csr_spmm_cpu);
   m.impl("_native_csr_spmm_t", &granet::csr_spmm_t_cpu);
   m.impl("_native_csr_sddmm", &granet::csr_sddmm_cpu);

@@ -199,6 +199,19 @@ bool use_pixel_lanes(const Geometry& g, int64_t hw, int64_t lanes) {
   return g.kh == 1 && g.kw == 1 && g.sh == 1 && g.sw == 1 && g.ph == 0 && g.pw == 0 && hw >= lanes;
 }
 
+// Stride 1 and a batch smaller than one vector of batch lanes (which would leave lanes idle: batch 1
+// costs what batch L costs): pixel lanes over zero-padded planes instead (forward_padded_pixels).
+// Measured (forward, 1 thread, AVX2 fp32, d = 0.1 / 0.3, ms, batch 1 / 2 / 4 / 7 against batch lanes'
+// cost for any batch up to 8): 3x3 256->256 14x14 1.71 / 3.09 / 4.92 / 8.27 vs 6.86; 64->64 56x56
+// 0.76 / 1.91 / 4.46 / 7.77 vs 9.49; 512->512 7x7 3.93 / 4.71 / 6.77 / 10.1 vs 13.4; 128->128 28x28
+// 1.18 / 2.11 / 4.36 / 7.83 vs 7.78: pixel lanes up to half a vector of images.
+bool use_padded_pixel_lanes(const Geometry& g, int64_t n, int64_t rows, int64_t pitch, int64_t lanes) {
+  return g.sh == 1 && g.sw == 1 && 2 * n <= lanes && rows * pitch >= lanes;
+}
+
+// Tile space of the padded pixel-lane passes: `rows` destination rows at row pitch `pitch`, rounded
+// up to whole vectors, in tiles of up to kConvMaxTile vectors.
+
 // Pixels of one source channel that a tile of width w touches over all shifts.
 int64_t footprint(std::vector<int64_t> shifts, int64_t w) {
   std::sort(shifts.begin(), shifts.end());
@@ -249,6 +262,13 @@ struct Entries {
 // fit int32: offsets are checked against the 32-bit limit, nonzeros are counted by int32 indices.
 struct RawEntries {
   std::vector<int32_t> key, off, nz;
+  RawEntries() = default;
+  explicit RawEntries(int64_t n) : key(n), off(n), nz(n) {}  // n entries, written by set()
+  void set(int64_t i, int64_t k, int64_t o, int64_t q) {
+    key[i] = static_cast<int32_t>(k);
+    off[i] = static_cast<int32_t>(o);
+    nz[i] = static_cast<int32_t>(q);
+  }
   void reserve(int64_t n) {
     key.reserve(n);
     off.reserve(n);
@@ -260,6 +280,24 @@ struct RawEntries {
     nz.push_back(static_cast<int32_t>(q));
   }
 };
+
+// The source channel and tap of every filter column (ci * taps + rs), and a channel -> block table:
+// lookups instead of 64-bit divisions per nonzero, which were most of the plan-building time (and a
+// batch-1 forward at d = 0.3 spent ~40% of its time building its plan).
+struct FilterColumns {
+  std::vector<int32_t> channel, tap;
+  FilterColumns(int64_t channels, int64_t taps) : channel(channels * taps), tap(channels * taps) {
+    for (int64_t c = 0; c < channels * taps; ++c) {
+      channel[c] = static_cast<int32_t>(c / taps);
+      tap[c] = static_cast<int32_t>(c % taps);
+    }
+  }
+};
+std::vector<int32_t> block_of_channel(int64_t channels, int64_t cb_size) {
+  std::vector<int32_t> block(channels);
+  for (int64_t c = 0; c < channels; ++c) block[c] = static_cast<int32_t>(c / cb_size);
+  return block;
+}
 
 // Counting sort of the raw entries by key (stable: CSR order inside a group).
 template <typename T>
@@ -275,11 +313,19 @@ Entries<T> make_entries(const RawEntries& raw, int64_t n_cb, int64_t n_dst, cons
   e.offs.resize(count);
   e.nz.resize(count);
   if (values != nullptr) e.vals.resize(count);
-  for (int64_t i = 0; i < count; ++i) {
-    const int32_t slot = fill[raw.key[i]]++;
-    e.offs[slot] = raw.off[i];
-    e.nz[slot] = raw.nz[i];
-    if (values != nullptr) e.vals[slot] = values[raw.nz[i]];
+  // Raw entries come in runs of one key (a filter row's nonzeros of one channel block): moved a run
+  // at a time, not through a fill[key]++ per entry (a store-to-load chain).
+  for (int64_t i = 0; i < count;) {
+    const int32_t k = raw.key[i];
+    int64_t j = i + 1;
+    while (j < count && raw.key[j] == k) ++j;
+    const int64_t slot = fill[k];
+    fill[k] += static_cast<int32_t>(j - i);
+    std::copy(raw.off.begin() + i, raw.off.begin() + j, e.offs.begin() + slot);
+    std::copy(raw.nz.begin() + i, raw.nz.begin() + j, e.nz.begin() + slot);
+    if (values != nullptr)
+      for (int64_t t = i; t < j; ++t) e.vals[slot + (t - i)] = values[raw.nz[t]];
+    i = j;
   }
   return e;
 }
@@ -328,7 +374,7 @@ using cpu::empty_output;
 // Scratch buffers of the passes (packed operands, partial sums), kept per thread and slot and reused
 // across calls: a fresh multi-megabyte allocation costs its page faults on every call. A buffer is
 // only replaced when a larger one (or another dtype) is needed.
-enum WorkspaceSlot { kSlotSource = 0, kSlotX = 1, kSlotPartial = 2, kSlots = 3 };
+enum WorkspaceSlot { kSlotSource = 0, kSlotX = 1, kSlotPartial = 2, kSlotTileOut = 3, kSlots = 4 };
 
 template <typename T>
 T* workspace(int slot, int64_t elems, const at::TensorOptions& options) {
@@ -403,6 +449,103 @@ std::vector<int32_t> tile_space_map(const TileSpace& ts, int64_t row0, int64_t r
 // Forward
 // ---------------------------------------------------------------------------------------------
 
+// Pixel lanes over zero-padded planes (stride 1, small batches). The source of a pass is packed as
+// [n][channels][ch_stride]: the plane with its padding, then zeros. The tile space is the
+// destination rows at the padded plane's row pitch, rounded up to whole vectors, so that every tap
+// is one shift of the whole tile space and each tile reads contiguous runs. The columns past a row's
+// end are computed (from the padding and the next row's first pixels, all inside the buffer) and
+// dropped when the result, laid out in tile space, is copied into the NCHW tensor.
+struct PaddedPixels {
+  TileSpace ts;
+  int64_t pitch = 0, ch_stride = 0, fp = 0;
+  std::vector<int64_t> tap_shift;  // per tap (ky * kw + kx): element shift of its source run
+};
+
+// flip: the taps of the input gradient (ky, kx) -> (kh - 1 - ky, kw - 1 - kx).
+template <typename T>
+PaddedPixels padded_pixels_plan(const char* op, const Geometry& g, int64_t rows, int64_t pitch, int64_t plane_rows,
+                                int64_t channels, int64_t lanes, bool flip) {
+  PaddedPixels pp;
+  pp.pitch = pitch;
+  const int64_t vectors = (rows * pitch + lanes - 1) / lanes, ts_px = vectors * lanes;
+  pp.ts.rows = 1;
+  pp.ts.cols = pp.ts.q = pp.ts.size = ts_px;
+  int64_t v = 0;
+  for (int64_t width : split_widths(vectors, cpu::kConvMaxTile)) {
+    add_tile(pp.ts, v * lanes, v * lanes, width);
+    v += width;
+  }
+  const int64_t taps = g.kh * g.kw;
+  pp.tap_shift.resize(taps);
+  for (int64_t rs = 0; rs < taps; ++rs) {
+    const int64_t ky = flip ? g.kh - 1 - rs / g.kw : rs / g.kw, kx = flip ? g.kw - 1 - rs % g.kw : rs % g.kw;
+    pp.tap_shift[rs] = ky * g.dh * pitch + kx * g.dw;
+  }
+  const int64_t max_shift = (g.kh - 1) * g.dh * pitch + (g.kw - 1) * g.dw;
+  pp.fp = footprint(pp.tap_shift, pp.ts.max_width * lanes);
+  // A channel's region holds its padded plane and every read of its tiles (ts_px + max_shift).
+  pp.ch_stride = padded_channel_stride(std::max(plane_rows * pitch, ts_px + max_shift), pp.fp,
+                                       static_cast<int64_t>(sizeof(T)));
+  check_offsets_fit(op, channels * pp.ch_stride);
+  return pp;
+}
+
+// [n*c][rows][cols] -> [n*c][ch_stride] with (y, x) at (y + top) * pitch + x + left, zeros elsewhere.
+template <typename T>
+void pack_padded(const T* s, T* d, int64_t planes, int64_t rows, int64_t cols, int64_t top, int64_t left, int64_t pitch,
+                 int64_t ch_stride) {
+  at::parallel_for(0, planes, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t i = begin; i < end; ++i) {
+      T* di = d + i * ch_stride;
+      const T* si = s + i * rows * cols;
+      std::fill(di, di + ch_stride, T(0));
+      for (int64_t y = 0; y < rows; ++y) std::copy(si + y * cols, si + (y + 1) * cols, di + (y + top) * pitch + left);
+    }
+  });
+}
+
+// [n*c][ts_px] in tile space (row pitch `pitch`) -> the [n*c][rows][cols] tensor `out`.
+template <typename T>
+void unpack_tile_space(const T* tile_out, int64_t ts_px, int64_t pitch, T* out, int64_t planes, int64_t rows,
+                       int64_t cols) {
+  at::parallel_for(0, planes, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t i = begin; i < end; ++i)
+      for (int64_t y = 0; y < rows; ++y)
+        std::copy(tile_out + i * ts_px + y * pitch, tile_out + i * ts_px + y * pitch + cols, out + (i * rows + y) * cols);
+  });
+}
+
+template <typename T>
+void forward_padded_pixels(const at::Tensor& input, const int32_t* cr, const int32_t* cl, const T* values, int64_t nnz,
+                           const Geometry& g, const T* bias, at::Tensor& out, int64_t lanes) {
+  const int64_t n = input.size(0), c_in = input.size(1), h = input.size(2), w = input.size(3);
+  const int64_t c_out = out.size(1), ho = out.size(2), wo = out.size(3);
+  const int64_t wp = w + 2 * g.pw;
+  const PaddedPixels pp = padded_pixels_plan<T>(kOpForward, g, ho, wp, h + 2 * g.ph, c_in, lanes, false);
+  const int64_t ts_px = pp.ts.size, taps = g.kh * g.kw;
+  const int64_t n_cb = channel_blocks(c_in, pp.fp, static_cast<int64_t>(sizeof(T)), nnz, c_out);
+  const int64_t cb_size = std::max<int64_t>(1, (c_in + n_cb - 1) / n_cb);
+  const FilterColumns fc(c_in, taps);
+  const std::vector<int32_t> block = block_of_channel(c_in, cb_size);
+  RawEntries raw(cr[c_out]);
+  for (int64_t o = 0; o < c_out; ++o)
+    for (int64_t q = cr[o]; q < cr[o + 1]; ++q) {
+      const int32_t ci = fc.channel[cl[q]];
+      raw.set(q, block[ci] * c_out + o, ci * pp.ch_stride + pp.tap_shift[fc.tap[cl[q]]], q);
+    }
+  const Entries<T> e = make_entries<T>(raw, n_cb, c_out, values);
+  const at::Tensor x = input.contiguous();
+  T* src = workspace<T>(kSlotSource, n * c_in * pp.ch_stride, input.options());
+  pack_padded<T>(x.data_ptr<T>(), src, n * c_in, h, w, g.ph, g.pw, wp, pp.ch_stride);
+  T* tile_out = workspace<T>(kSlotTileOut, n * c_out * ts_px, input.options());
+  std::vector<int64_t> parts;
+  cpu::ConvTask<T> task = make_task<T>(src, c_in * pp.ch_stride, n, c_out, pp.ts, e, parts);
+  task.pixel_lanes = true;
+  set_output<T>(task, tile_out, n, ts_px, {}, bias, lanes, input.options());
+  GRANET_ISA_CALL(conv_engine<T>, task, true, false);
+  unpack_tile_space<T>(tile_out, ts_px, wp, out.data_ptr<T>(), n * c_out, ho, wo);
+}
+
 template <typename T>
 at::Tensor forward_impl(const at::Tensor& input, const at::Tensor& crow_in, const at::Tensor& col_in,
                         const at::Tensor& values_in, const Geometry& g, const c10::optional<at::Tensor>& bias_in,
@@ -427,10 +570,10 @@ at::Tensor forward_impl(const at::Tensor& input, const at::Tensor& crow_in, cons
     const TileSpace ts = make_pixel_tiles(hw, cpu::kConvMaxTile, lanes);
     const int64_t n_cb = channel_blocks(c_in, ts.max_width, pixel_bytes, col.numel(), c_out);
     const int64_t cb_size = std::max<int64_t>(1, (c_in + n_cb - 1) / n_cb);
-    RawEntries raw;
-    raw.reserve(col.numel());
+    RawEntries raw(col.numel());
+    const std::vector<int32_t> block = block_of_channel(c_in, cb_size);
     for (int64_t o = 0; o < c_out; ++o)
-      for (int64_t q = cr[o]; q < cr[o + 1]; ++q) raw.add((cl[q] / cb_size) * c_out + o, cl[q] * hw, q);
+      for (int64_t q = cr[o]; q < cr[o + 1]; ++q) raw.set(q, block[cl[q]] * c_out + o, cl[q] * hw, q);
     const Entries<T> e = make_entries<T>(raw, n_cb, c_out, values.data_ptr<T>());
     const at::Tensor x = input.contiguous();
     std::vector<int64_t> parts;
@@ -443,6 +586,10 @@ at::Tensor forward_impl(const at::Tensor& input, const at::Tensor& crow_in, cons
 
   // Source: the zero-padded input, each plane split into the stride phases the taps use.
   const int64_t hp = h + 2 * g.ph, wp = w + 2 * g.pw;
+  if (use_padded_pixel_lanes(g, n, ho, wp, lanes)) {
+    forward_padded_pixels<T>(input, cr, cl, values.data_ptr<T>(), col.numel(), g, bias_ptr, out, lanes);
+    return out;
+  }
   std::vector<int64_t> phase_h(g.sh, -1), phase_w(g.sw, -1), used_h, used_w;
   for (int64_t r = 0; r < g.kh; ++r)
     if (phase_h[(r * g.dh) % g.sh] < 0) {
@@ -485,15 +632,16 @@ at::Tensor forward_impl(const at::Tensor& input, const at::Tensor& crow_in, cons
               (y >= 0 && y < h && x >= 0 && x < w) ? static_cast<int32_t>(y * w + x) : -1;
         }
 
-  RawEntries raw;
-  raw.reserve(col.numel());
+  RawEntries raw(col.numel());
   const int64_t taps = g.kh * g.kw;
   std::vector<int64_t> tap_shift(taps);
   for (int64_t rs = 0; rs < taps; ++rs) tap_shift[rs] = shift(rs / g.kw, rs % g.kw);
+  const FilterColumns fc(c_in, taps);
+  const std::vector<int32_t> block = block_of_channel(c_in, cb_size);
   for (int64_t o = 0; o < c_out; ++o)
     for (int64_t q = cr[o]; q < cr[o + 1]; ++q) {
-      const int64_t ci = cl[q] / taps, rs = cl[q] - ci * taps;
-      raw.add((ci / cb_size) * c_out + o, (ci * ch_stride + tap_shift[rs]) * lanes, q);
+      const int32_t ci = fc.channel[cl[q]];
+      raw.set(q, block[ci] * c_out + o, (ci * ch_stride + tap_shift[fc.tap[cl[q]]]) * lanes, q);
     }
   const Entries<T> e = make_entries<T>(raw, n_cb, c_out, values.data_ptr<T>());
   const std::vector<int32_t> out_map = tile_space_map(ts, 0, 1, 0, 1, wo);
@@ -622,9 +770,10 @@ BackwardPlan<T> backward_plan(const char* op, int64_t n, int64_t c_in, int64_t h
     tap_shift[rs] = (tr.a + top) * plan.wq + tc.a + left;
   }
   for (RawEntries& r : raw) r.reserve(geoms.size() == 1 ? static_cast<int64_t>(cr[c_out]) : 0);
+  const FilterColumns fc(c_in, taps);
   for (int64_t o = 0; o < c_out; ++o)
     for (int64_t q = cr[o]; q < cr[o + 1]; ++q) {
-      const int64_t ci = cl[q] / taps, rs = cl[q] - ci * taps;
+      const int32_t ci = fc.channel[cl[q]], rs = fc.tap[cl[q]];
       const int64_t p = tap_pass[rs];
       if (p < 0) continue;  // the tap only meets padding: its dW is 0, it adds nothing to dX
       raw[p].add((o / cb_size[p]) * c_in + ci, (o * plan.ch_stride + tap_shift[rs]) * lanes, q);
@@ -666,10 +815,9 @@ void backward_pixel_lanes(const char* op, const at::Tensor& grad_in, const at::T
   const TileSpace ts = make_pixel_tiles(hw, cpu::kConvMaxTile, lanes);
   const int64_t n_cb = channel_blocks(c_out, ts.max_width, pixel_bytes, col.numel(), c_in);
   const int64_t cb_size = std::max<int64_t>(1, (c_out + n_cb - 1) / n_cb);
-  RawEntries raw;
-  raw.reserve(col.numel());
+  RawEntries raw(col.numel());
   for (int64_t o = 0; o < c_out; ++o)
-    for (int64_t q = cr[o]; q < cr[o + 1]; ++q) raw.add((o / cb_size) * c_in + cl[q], o * hw, q);
+    for (int64_t q = cr[o]; q < cr[o + 1]; ++q) raw.set(q, (o / cb_size) * c_in + cl[q], o * hw, q);
   const Entries<T> e = make_entries<T>(raw, n_cb, c_in, values ? values->data_ptr<T>() : nullptr);
   const at::Tensor grad = grad_in.contiguous();
   std::vector<int64_t> parts;
@@ -698,6 +846,61 @@ void backward_pixel_lanes(const char* op, const at::Tensor& grad_in, const at::T
   }
 }
 
+// The input gradient of a stride-1 conv is a correlation of dY, zero-padded by the taps' reach minus
+// the forward padding, with the flipped filters: with pixel lanes over that padded dY (small batches;
+// the forward padding must not exceed the taps' reach). dX and dW in two passes, as backward_pixel_lanes.
+bool use_padded_pixel_lanes_backward(const Geometry& g, int64_t n, int64_t h, int64_t w, int64_t lanes) {
+  return g.ph <= (g.kh - 1) * g.dh && g.pw <= (g.kw - 1) * g.dw &&
+         use_padded_pixel_lanes(g, n, h, w + (g.kw - 1) * g.dw, lanes);
+}
+
+template <typename T>
+void backward_padded_pixels(const char* op, const at::Tensor& grad_in, const at::Tensor* input, const int32_t* cr,
+                            const int32_t* cl, const T* values, int64_t nnz, int64_t n, int64_t c_in, int64_t h,
+                            int64_t w, const Geometry& g, at::Tensor* dx, at::Tensor* dvalues) {
+  const bool need_dx = dx != nullptr, need_dw = dvalues != nullptr;
+  const int64_t lanes = GRANET_ISA_CALL(conv_lanes<T>);
+  const int64_t c_out = grad_in.size(1), ho = grad_in.size(2), wo = grad_in.size(3);
+  const int64_t top = (g.kh - 1) * g.dh - g.ph, left = (g.kw - 1) * g.dw - g.pw;
+  const int64_t wq = w + (g.kw - 1) * g.dw;
+  const PaddedPixels pp = padded_pixels_plan<T>(op, g, h, wq, h + (g.kh - 1) * g.dh, std::max(c_in, c_out), lanes, true);
+  const int64_t ts_px = pp.ts.size, taps = g.kh * g.kw;
+  const int64_t n_cb = channel_blocks(c_out, pp.fp, static_cast<int64_t>(sizeof(T)), nnz, c_in);
+  const int64_t cb_size = std::max<int64_t>(1, (c_out + n_cb - 1) / n_cb);
+  const FilterColumns fc(c_in, taps);
+  RawEntries raw(cr[c_out]);
+  for (int64_t o = 0; o < c_out; ++o)
+    for (int64_t q = cr[o]; q < cr[o + 1]; ++q)
+      raw.set(q, (o / cb_size) * c_in + fc.channel[cl[q]], o * pp.ch_stride + pp.tap_shift[fc.tap[cl[q]]], q);
+  const Entries<T> e = make_entries<T>(raw, n_cb, c_in, values);
+  const at::Tensor grad = grad_in.contiguous();
+  T* src = workspace<T>(kSlotSource, n * c_out * pp.ch_stride, grad.options());
+  pack_padded<T>(grad.data_ptr<T>(), src, n * c_out, ho, wo, top, left, wq, pp.ch_stride);
+  std::vector<int64_t> parts;
+  cpu::ConvTask<T> task = make_task<T>(src, c_out * pp.ch_stride, n, c_in, pp.ts, e, parts);
+  task.pixel_lanes = true;
+  if (need_dx) {
+    T* tile_out = workspace<T>(kSlotTileOut, n * c_in * ts_px, grad.options());
+    set_output<T>(task, tile_out, n, ts_px, {}, nullptr, lanes, grad.options());
+    GRANET_ISA_CALL(conv_engine<T>, task, true, false);
+    unpack_tile_space<T>(tile_out, ts_px, wq, dx->data_ptr<T>(), n * c_in, h, w);
+  }
+  if (need_dw) {
+    // x in tile space, zero in the dropped columns: what the dropped pixels read adds nothing to dW.
+    const at::Tensor x = input->contiguous();
+    T* xt = workspace<T>(kSlotX, n * c_in * ts_px, grad.options());
+    pack_padded<T>(x.data_ptr<T>(), xt, n * c_in, h, w, 0, 0, wq, ts_px);
+    task.xt = xt;
+    task.xt_ch = ts_px;
+    task.xt_bb = c_in * ts_px;
+    task.dw_thread = static_cast<int64_t>(e.offs.size());
+    at::Tensor dw_e = at::zeros({task.n_threads * task.dw_thread}, grad.options());
+    task.dw = dw_e.data_ptr<T>();
+    GRANET_ISA_CALL(conv_engine<T>, task, false, true);
+    gather_dw<T>(dw_e, task.dw_thread, task.n_threads, e.nz, dvalues);
+  }
+}
+
 // dX and/or dW of the conv; dx / dvalues are written when need_dx / need_dw.
 template <typename T>
 void backward_impl(const char* op, const at::Tensor& grad, const at::Tensor* input, const at::Tensor& crow_in,
@@ -715,6 +918,11 @@ void backward_impl(const char* op, const at::Tensor& grad, const at::Tensor* inp
   const int64_t lanes0 = GRANET_ISA_CALL(conv_lanes<T>);
   if (use_pixel_lanes(g, h * w, lanes0)) {
     backward_pixel_lanes<T>(op, grad, input, crow, col, need_dx ? &values : nullptr, n, c_in, h * w, dx, dvalues);
+    return;
+  }
+  if (use_padded_pixel_lanes_backward(g, n, h, w, lanes0)) {
+    backward_padded_pixels<T>(op, grad, input, crow.data_ptr<int32_t>(), col.data_ptr<int32_t>(),
+                              need_dx ? values.data_ptr<T>() : nullptr, col.numel(), n, c_in, h, w, g, dx, dvalues);
     return;
   }
   const BackwardPlan<T> plan = backward_plan<T>(op, n, c_in, h, w, c_out, ho, wo, g, crow.data_ptr<int32_t>(),

@@ -39,6 +39,12 @@ SHAPES = [
     (2, 70, 3, 7, 7, (1, 1), (1, 1), (0, 0), (2, 2)),
     (4, 3, 5, 2, 2, (1, 1), (1, 1), (0, 0), (1, 1)),
     (1, 2, 2, 1, 9, (1, 1), (1, 1), (0, 0), (1, 1)),
+    # small batches with stride 1 take pixel lanes over zero-padded planes
+    (1, 4, 3, 3, 17, (3, 5), (1, 1), (0, 2), (1, 1)),  # asymmetric kernel and padding
+    (2, 3, 4, 9, 9, (3, 3), (1, 1), (3, 0), (1, 1)),  # padding past the taps' reach (dX: batch lanes)
+    (1, 5, 4, 1, 12, (1, 3), (1, 1), (0, 1), (1, 2)),  # one row, dilated
+    (3, 6, 7, 2, 3, (2, 2), (1, 1), (0, 0), (1, 1)),  # a tile space smaller than one vector
+    (1, 40, 24, 14, 14, (3, 3), (1, 1), (1, 1), (1, 1)),  # many channel blocks
 ]
 DENSITIES = [0.0, 0.05, 0.3, 1.0]
 DTYPES = [torch.float64, torch.float32]

@@ -37,14 +37,16 @@ def _check(x, weight, mask, bias=None):
 
 
 # Small batches take one-pass kernels that apply the mask as they read the weight
-# (`_native_masked_linear_small` / `_native_masked_backward_small`). Above, the GEMMs are
-# compute-bound and BLAS wins: forward / backward x (check + BLAS) measured (1 thread, Zen 3,
-# d = 0.5): W 1024^2 batch 1 0.8-0.9x / 1.1-1.2x, 2-8 1.2-1.9x / 1.0-2.5x, 16 0.97-1.01x / 0.7x;
-# W 4096^2 batch 1 0.7-0.9x (the dense route's check + GEMV read the weight twice: 0.4x of BLAS),
-# 2-8 1.4-2.5x / 2.6-6x, 16 1.4-1.7x / 1.4-2x, 32 1.0x / 0.96-1.4x. Weights beyond the last-level
-# cache (more than 2^22 entries) keep the kernels up to batch 16.
+# (`_native_masked_linear_small` / `_native_masked_backward_small`): no check of the weight against
+# the mask (a pass over both), no dW zeroing pass, no fresh dW allocation. Above, the GEMMs are
+# compute-bound and BLAS wins. Measured (1 thread, Zen 3, d = 0.5, ms; kernel vs check + BLAS for
+# the forward, vs BLAS dx + BLAS dW + zeroing for the backward): W 4096^2 batch 8 forward 2.4-2.5x,
+# backward 3.6-4.1x; 16: 1.6-2.1x / 2.1x; 32: 1.1-1.4x / 1.2-1.4x; 64: 0.7-0.9x / 0.8-0.9x.
+# W 1024^2 (in the last-level cache) batch 8: 1.3-1.6x / 1.3-1.7x; 16: 1.0-1.1x / 0.7-1.2x.
+# Batch 1 forward: 0.8x of BLAS alone at 4096^2 (reading the bool mask is 25% more memory traffic),
+# against 0.4x for check + BLAS.
 SMALL_BATCH_MAX = 8
-SMALL_BATCH_MAX_LARGE_WEIGHT = 16
+SMALL_BATCH_MAX_LARGE_WEIGHT = 32
 LARGE_WEIGHT_NUMEL = 1 << 22
 
 

@@ -15,6 +15,7 @@ x dense * density (1.0 = the FLOP saving fully realised).
     python benchmarks/bench_conv.py             # everything above, JSON to benchmarks/results/conv_<cpu>.json
     python benchmarks/bench_conv.py --quick     # 3x3 256->256 at densities 0.1 and 0.05, 1 and all threads
     python benchmarks/bench_conv.py --shapes 3x3-256 --densities 0.1 --threads 1 --repeats 15
+    python benchmarks/bench_conv.py --shapes 3x3-256 --batches 1 4 --threads 1   # small batches
 """
 
 from __future__ import annotations
@@ -43,15 +44,17 @@ DENSITIES = [0.5, 0.2, 0.1, 0.05, 0.02]
 PARTS = ("forward", "dx", "dW", "backward", "step")
 
 
-def shape_label(name):
+def shape_label(name, batch=None):
     n, cin, cout, h, w, k, _ = SHAPES[name]
-    return f"{k}x{k} {cin}->{cout} {h}x{w} b{n}"
+    return f"{k}x{k} {cin}->{cout} {h}x{w} b{batch or n}"
 
 
-def measure(name, densities, threads, repeats, dtype=torch.float32):
-    """Rows of one shape and thread count: dense once, each density's sparse ops, all interleaved."""
+def measure(name, densities, threads, repeats, dtype=torch.float32, batch=None):
+    """Rows of one shape and thread count: dense once, each density's sparse ops, all interleaved.
+    `batch` replaces the shape's own batch size."""
     torch.set_num_threads(threads)
     n, cin, cout, h, w, k, pad = SHAPES[name]
+    n = batch or n
     gen = torch.Generator().manual_seed(0)
     x = torch.randn(n, cin, h, w, generator=gen, dtype=dtype)
     dy = torch.randn(n, cout, h, w, generator=gen, dtype=dtype)
@@ -111,23 +114,23 @@ def measure(name, densities, threads, repeats, dtype=torch.float32):
     rows = []
     for part in PARTS:
         base = times[f"dense/{part}"]
-        rows.append({"shape": name, "label": shape_label(name), "batch": n, "density": 1.0, "threads": threads,
+        rows.append({"shape": name, "label": shape_label(name, n), "batch": n, "density": 1.0, "threads": threads,
                      "impl": "dense", "part": part, "ms": base, "speedup_vs_dense": 1.0, "fraction_of_ideal": None})
         for d in densities:
             ms = times[f"{d}/{part}"]
-            rows.append({"shape": name, "label": shape_label(name), "batch": n, "density": d, "threads": threads,
+            rows.append({"shape": name, "label": shape_label(name, n), "batch": n, "density": d, "threads": threads,
                          "impl": "granet", "part": part, "ms": ms, "speedup_vs_dense": base / ms,
                          "fraction_of_ideal": base / ms * d})
     return rows
 
 
 def print_rows(rows):
-    dense = {(r["shape"], r["threads"], r["part"]): r["ms"] for r in rows if r["impl"] == "dense"}
+    dense = {(r["shape"], r["batch"], r["threads"], r["part"]): r["ms"] for r in rows if r["impl"] == "dense"}
     for r in rows:
         if r["impl"] == "dense":
             continue
         print(f"{r['label']:>26} {r['density']:>5} {r['threads']:>3} {r['part']:>9} "
-              f"{dense[(r['shape'], r['threads'], r['part'])]:10.2f} {r['ms']:10.2f} {r['speedup_vs_dense']:8.2f} "
+              f"{dense[(r['shape'], r['batch'], r['threads'], r['part'])]:10.2f} {r['ms']:10.2f} {r['speedup_vs_dense']:8.2f} "
               f"{r['fraction_of_ideal']:8.2f}", flush=True)
 
 
@@ -139,8 +142,11 @@ def main(argv=None):
                         help="thread counts (default: 1 and all cores)")
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--quick", action="store_true", help="3x3 256->256 at densities 0.1 / 0.05, 3 repeats")
+    parser.add_argument("--batches", type=int, nargs="*", help="batch sizes instead of the shapes' own")
     parser.add_argument("--out", default=None, help="JSON path (default benchmarks/results/conv_<cpu>.json)")
     args = parser.parse_args(argv)
+    if args.batches and any(b < 1 for b in args.batches):
+        parser.error("--batches must be positive")
     all_threads = os.cpu_count() or 1
     threads = args.threads or sorted({1, all_threads})
     shapes, densities, repeats = args.shapes, args.densities, args.repeats
@@ -155,9 +161,10 @@ def main(argv=None):
     rows = []
     for t in threads:
         for name in shapes:
-            new = measure(name, densities, t, repeats)
-            print_rows(new)
-            rows += new
+            for batch in args.batches or [None]:
+                new = measure(name, densities, t, repeats, batch=batch)
+                print_rows(new)
+                rows += new
     out = args.out or common.default_result_path("conv", env)
     common.write_json(out, {"benchmark": "conv", "dtype": "float32", "env": env, "cpu_isa": isa,
                             "loadavg": os.getloadavg(), "rows": rows})

@@ -451,11 +451,8 @@ bool csc_backward_panels(const int32_t* ccol, const int32_t* row, const T* w_csc
   uint32_t bad = 0;
 #pragma omp parallel reduction(| : bad)
   {
-#ifdef _OPENMP
-    const int64_t nt = omp_get_num_threads(), t = omp_get_thread_num();
-#else
-    const int64_t nt = 1, t = 0;
-#endif
+    const Team team = this_team();
+    const int64_t nt = team.size, t = team.id;
     const Share share = balanced_share(ccol, k, t, nt);  // columns [j0, j1)
     const int64_t j0 = share.first, j1 = share.last;
     const int64_t s_limit = ccol[j1];
@@ -604,11 +601,8 @@ bool csr_backward_rows(const int32_t* crow, const int32_t* col, const T* values,
   int bad_flag = 0;
 #pragma omp parallel num_threads(max_threads)
   {
-#ifdef _OPENMP
-    const int64_t nt = omp_get_num_threads(), t = omp_get_thread_num();
-#else
-    const int64_t nt = 1, t = 0;
-#endif
+    const Team team = this_team();
+    const int64_t nt = team.size, t = team.id;
     const Share share = balanced_share(crow, m, t, nt);  // rows [i0, i1)
     const int64_t i0 = share.first, i1 = share.last;
     T* buf = dx_bufs + t * k * BT;
@@ -721,11 +715,8 @@ bool csr_backward_one_row(const int32_t* crow, const int32_t* col, const T* valu
   int bad_flag = 0;
 #pragma omp parallel num_threads(max_threads)
   {
-#ifdef _OPENMP
-    const int64_t nt = omp_get_num_threads(), t = omp_get_thread_num();
-#else
-    const int64_t nt = 1, t = 0;
-#endif
+    const Team team = this_team();
+    const int64_t nt = team.size, t = team.id;
     const Share share = balanced_share(crow, m, t, nt);  // rows [i0, i1)
     const int64_t i0 = share.first, i1 = share.last;
     T* const buf = dx_bufs + t * k;

@@ -12,6 +12,10 @@
 #error "define GRANET_ISA_IMPL before including for_each_isa.h"
 #endif
 
+#ifdef _OPENMP
+#include <omp.h>  // the kernels' thread teams (simd_impl.h's this_team)
+#endif
+
 #define GRANET_ISA generic
 #define GRANET_VECTOR_BYTES 16
 #include GRANET_ISA_IMPL

@@ -209,11 +209,8 @@ void masked_rows_backward_impl(const T* dy, const T* x, const T* w, const unsign
   constexpr int R = 4;
 #pragma omp parallel num_threads(max_threads)
   {
-#ifdef _OPENMP
-    const int64_t nt = omp_get_num_threads(), t = omp_get_thread_num();
-#else
-    const int64_t nt = 1, t = 0;
-#endif
+    const Team team = this_team();
+    const int64_t nt = team.size, t = team.id;
     const int64_t groups = (M + R - 1) / R;
     const int64_t g0 = groups * t / nt, g1 = groups * (t + 1) / nt;
     const int64_t ld = masked_dx_stride<T>(K);

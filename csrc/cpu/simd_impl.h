@@ -5,6 +5,19 @@
 
 inline int64_t min_i64(int64_t a, int64_t b) { return a < b ? a : b; }
 
+// The calling thread's OpenMP team: its size and this thread's number in it (1 and 0 outside a
+// parallel region or without OpenMP).
+struct Team {
+  int64_t size, id;
+};
+inline Team this_team() {
+#ifdef _OPENMP
+  return {omp_get_num_threads(), omp_get_thread_num()};
+#else
+  return {1, 0};
+#endif
+}
+
 template <typename T>
 struct IntOf;
 template <>

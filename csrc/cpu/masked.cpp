@@ -127,8 +127,8 @@ std::tuple<at::Tensor, at::Tensor> masked_backward_small_cpu(const at::Tensor& d
                     ": x must be a CPU tensor of dy's dtype ", dy_in.scalar_type());
   const int64_t n = dy_in.size(0), M = mask.size(0), K = mask.size(1);
   TORCH_CHECK_VALUE(dy_in.size(1) == M, op, ": dy.shape[1] must be mask.shape[0] = ", M, ", got ", dy_in.size(1));
-  TORCH_CHECK_VALUE(x_in.size(0) == n && x_in.size(1) == K, op, ": x must have shape [", n, ", ", K, "], got ",
-                    x_in.sizes());
+  TORCH_CHECK_VALUE(x_in.size(0) == n, op, ": x and dy must have the same batch size, got ", x_in.size(0), " and ", n);
+  TORCH_CHECK_VALUE(x_in.size(1) == K, op, ": x.shape[1] must be mask.shape[1] = ", K, ", got ", x_in.size(1));
   const at::Tensor dy = dy_in.contiguous(), x = x_in.contiguous();
   at::Tensor dx = need_dx ? cpu::empty_output({n, K}, dy.options()) : dy.new_empty({0});
   at::Tensor dw = need_dw ? cpu::empty_output({M, K}, dy.options()) : dy.new_empty({0});

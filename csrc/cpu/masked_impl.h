@@ -189,10 +189,11 @@ inline void masked_rows_backward_group(const T* __restrict__ dy, const T* __rest
     for (int r = 0; r < R; ++r) {
       const int64_t o = o0 + r;
       const bool kept = m[o * K + k] != 0;
+      const T wm = DX ? masked_scalar(w + o * K, m + o * K, k) : T(0);
       T a = T(0);
       for (int64_t b = 0; b < n; ++b) {
         const T s = dy[b * M + o];
-        if (DX && kept) dx[b * ldd + k] += s * w[o * K + k];
+        if (DX) dx[b * ldd + k] += s * wm;  // as the vector columns: an inf / NaN in dy times 0 is NaN
         if (DW) a += s * x[b * K + k];
       }
       if (DW) dw[o * K + k] = kept ? a : T(0);

@@ -151,7 +151,9 @@ def test_small_batch_backward_rejects_bad_input(seed):
         op(dy, x, None, mask, True, False)
     with pytest.raises(ValueError, match=r"dy.shape\[1\]"):
         op(dy[:, :-1], x, weight, mask, True, True)
-    with pytest.raises(ValueError, match="x must have shape"):
+    with pytest.raises(ValueError, match="x and dy must have the same batch size"):
         op(dy, x[:-1], weight, mask, True, True)
+    with pytest.raises(ValueError, match=r"x.shape\[1\] must be mask.shape\[1\]"):
+        op(dy, x[:, :-1], None, mask, False, True)
     with pytest.raises(ValueError, match="x must be a CPU tensor of dy's dtype"):
         op(dy, x.float(), weight, mask, True, True)

@@ -202,8 +202,8 @@ inline void masked_rows_backward_group(const T* __restrict__ dy, const T* __rest
 
 // dx = dy @ (w * m) (DX; dx [n][K] is overwritten) and dw = (dy^T @ x) * m (DW), for small batches
 // in one pass over W and its mask (dy [n][M], x [n][K]). Threads take rows of W; each sums its dx
-// part in its own buffer (bufs: threads x n x K), added in thread order: deterministic for a given
-// thread count.
+// part in its own buffer (bufs: threads x n x masked_dx_stride(K); unused without DX), added in
+// thread order: deterministic for a given thread count.
 template <typename T, bool DX, bool DW>
 void masked_rows_backward_impl(const T* dy, const T* x, const T* w, const unsigned char* m, T* dx, T* dw, T* bufs,
                                int max_threads, int64_t n, int64_t M, int64_t K) {
@@ -215,7 +215,7 @@ void masked_rows_backward_impl(const T* dy, const T* x, const T* w, const unsign
     const int64_t groups = (M + R - 1) / R;
     const int64_t g0 = groups * t / nt, g1 = groups * (t + 1) / nt;
     const int64_t ld = masked_dx_stride<T>(K);
-    T* acc = bufs + t * n * ld;
+    T* acc = DX ? bufs + t * n * ld : nullptr;
     if (DX)
       for (int64_t i = 0; i < n * ld; ++i) acc[i] = T(0);
     // (Blocking the columns so that x and dx stay in L1 measured slower: W is then read in short

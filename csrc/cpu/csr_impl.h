@@ -410,6 +410,17 @@ inline Share balanced_share(const int32_t* ptr, int64_t count, int64_t t, int64_
   return {boundary(t), t + 1 == nt ? count : boundary(t + 1)};
 }
 
+// The calling thread's team (nt threads, this one t) and its balanced share [first, last) of the
+// `count` rows (or columns) of a compressed index ptr.
+struct ThreadShare {
+  int64_t nt, t, first, last;
+};
+inline ThreadShare share_of_this_thread(const int32_t* ptr, int64_t count) {
+  const Team team = this_team();
+  const Share share = balanced_share(ptr, count, team.id, team.size);
+  return {team.size, team.id, share.first, share.last};
+}
+
 // out[0..G) (= or +=) the lane sums of a group's dot vectors: with kDotGroupsOf8 (fp32, AVX2) the
 // group is 8 and dot[0, 2, 4, 6] already hold pairs folded by hadd8 as the slots completed.
 template <typename T, bool GROUP8>
@@ -451,9 +462,7 @@ bool csc_backward_panels(const int32_t* ccol, const int32_t* row, const T* w_csc
   uint32_t bad = 0;
 #pragma omp parallel reduction(| : bad)
   {
-    const Team team = this_team();
-    const int64_t nt = team.size, t = team.id;
-    const Share share = balanced_share(ccol, k, t, nt);  // columns [j0, j1)
+    const ThreadShare share = share_of_this_thread(ccol, k);  // columns [j0, j1)
     const int64_t j0 = share.first, j1 = share.last;
     const int64_t s_limit = ccol[j1];
     const uint32_t mb = index_bound(m);
@@ -601,10 +610,8 @@ bool csr_backward_rows(const int32_t* crow, const int32_t* col, const T* values,
   int bad_flag = 0;
 #pragma omp parallel num_threads(max_threads)
   {
-    const Team team = this_team();
-    const int64_t nt = team.size, t = team.id;
-    const Share share = balanced_share(crow, m, t, nt);  // rows [i0, i1)
-    const int64_t i0 = share.first, i1 = share.last;
+    const ThreadShare share = share_of_this_thread(crow, m);  // rows [i0, i1)
+    const int64_t nt = share.nt, t = share.t, i0 = share.first, i1 = share.last;
     T* buf = dx_bufs + t * k * BT;
     // Columns [c0, c1) of the dx sum after each panel.
     const int64_t c0 = k * t / nt, c1 = k * (t + 1) / nt;
@@ -715,10 +722,8 @@ bool csr_backward_one_row(const int32_t* crow, const int32_t* col, const T* valu
   int bad_flag = 0;
 #pragma omp parallel num_threads(max_threads)
   {
-    const Team team = this_team();
-    const int64_t nt = team.size, t = team.id;
-    const Share share = balanced_share(crow, m, t, nt);  // rows [i0, i1)
-    const int64_t i0 = share.first, i1 = share.last;
+    const ThreadShare share = share_of_this_thread(crow, m);  // rows [i0, i1)
+    const int64_t nt = share.nt, t = share.t, i0 = share.first, i1 = share.last;
     T* const buf = dx_bufs + t * k;
     for (int64_t j = 0; j < k; ++j) buf[j] = T(0);
     bool ok = true;

@@ -135,10 +135,11 @@ std::tuple<at::Tensor, at::Tensor> masked_backward_small_cpu(const at::Tensor& d
   if (!need_dx && !need_dw) return {dx, dw};
   const int threads = max_threads();
   AT_DISPATCH_FLOATING_TYPES(dy.scalar_type(), "granet_masked_backward_small", [&] {
-    // dx is summed in per-thread buffers of padded rows (masked_dx_stride: K + one cache line)
-    const int64_t ld = K + 64 / static_cast<int64_t>(sizeof(scalar_t));
-    scalar_t* bufs =
-        need_dx ? cpu::scratch_of<scalar_t>(cpu::Scratch::c, static_cast<size_t>(threads) * n * ld) : nullptr;
+    // dx is summed in per-thread buffers of padded rows; the kernel says how much they take
+    scalar_t* bufs = need_dx ? cpu::scratch_of<scalar_t>(
+                                   cpu::Scratch::c, static_cast<size_t>(GRANET_ISA_CALL(
+                                                        masked_backward_buffer_elems<scalar_t>, threads, n, K)))
+                             : nullptr;
     GRANET_ISA_CALL(masked_backward_small<scalar_t>, dy.data_ptr<scalar_t>(), x.data_ptr<scalar_t>(),
                     has_weight ? weight_in->data_ptr<scalar_t>() : nullptr, mask.data_ptr<bool>(),
                     need_dx ? dx.data_ptr<scalar_t>() : nullptr, need_dw ? dw.data_ptr<scalar_t>() : nullptr, bufs,

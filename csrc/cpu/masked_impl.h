@@ -258,6 +258,12 @@ void masked_linear_small(const T* x, const T* w, const bool* m, const T* bias, T
   masked_linear_rows<T>(x, w, m, bias, y, n, M, K);
 }
 
+// Elements of the dx buffers masked_backward_small needs for `threads` threads (padded rows).
+template <typename T>
+int64_t masked_backward_buffer_elems(int64_t threads, int64_t n, int64_t K) {
+  return threads * n * masked_dx_stride<T>(K);
+}
+
 template <typename T>
 void masked_backward_small(const T* dy, const T* x, const T* w, const bool* m, T* dx, T* dw, T* bufs,
                            int max_threads, int64_t n, int64_t M, int64_t K) {

@@ -6,6 +6,10 @@
 #   all    environment report, build, self-check, GPU test suite, benchmark
 #   test   environment report, build, self-check, test suite
 #   bench  environment report, build, benchmark
+#   cpu    the host CPU alone (the device's Xeon has AVX-512, which the development VM lacks):
+#          CPU-only build, the test suite with the GPU hidden and the Triton interpreter on (as
+#          CI runs it), then the 1-thread CPU benchmarks, AVX-512 and forced-AVX2 copies side by
+#          side; their JSON comes back as $OUT/cpu_bench.tar.gz
 #
 # Logs and results go to $OUT (default ./gpu_out). Every step runs under `timeout`, and the whole
 # call stays inside GPU_RUN_BUDGET seconds (default 540: the device machine allows 600 per command).
@@ -90,7 +94,8 @@ else
     export LDSHARED="$CC -shared" LDCXXSHARED="$CXX -shared"
     say "compiler override: CXX=$CXX CC=$CC" | tee -a "$OUT/build.log"
   fi
-  GRANET_REQUIRE_CUDA=1 TORCH_CUDA_ARCH_LIST=9.0 MAX_JOBS=${MAX_JOBS:-16} \
+  if [ "$MODE" = cpu ]; then CUDA_SWITCH=GRANET_SKIP_CUDA=1; else CUDA_SWITCH=GRANET_REQUIRE_CUDA=1; fi
+  env "$CUDA_SWITCH" TORCH_CUDA_ARCH_LIST=9.0 MAX_JOBS=${MAX_JOBS:-16} \
     step build.log 360 python3 setup.py build_ext --inplace
   rc=$?
   if [ $rc -ne 0 ] || [ ! -f "$SO" ]; then say "BUILD FAILED (rc=$rc)" | tee -a "$OUT/build.log"; exit 1; fi
@@ -118,7 +123,11 @@ except IndexError as e:
 if [ -n "${DIAG:-}" ]; then step diag.log 120 bash "$DIAG"; fi
 
 # --- self-check and tests -----------------------------------------------------------------------
-if [ "$MODE" = all ] || [ "$MODE" = test ]; then
+if [ "$MODE" = cpu ]; then
+  export CUDA_VISIBLE_DEVICES="" TRITON_INTERPRET=1
+  SKIP_SELFCHECK=1
+fi
+if [ "$MODE" = all ] || [ "$MODE" = test ] || [ "$MODE" = cpu ]; then
   [ -n "${SKIP_SELFCHECK:-}" ] || step selfcheck.log 150 python3 -m granet_kernels
   # Each xdist worker gets 2 intra-op threads so the CPU-side tests don't oversubscribe the cores.
   TEST_LIMIT=${TEST_LIMIT:-240}
@@ -135,5 +144,19 @@ if [ "$MODE" = all ] || [ "$MODE" = bench ]; then
   avail=$(left)
   step bench.log $((avail - 10)) python3 benchmarks/gpu/bench_gpu.py --budget-s $((avail - 40)) \
     --out "$OUT/gpu_bench.json" ${BENCH_ARGS:-}
+fi
+# --- host CPU benchmarks (mode cpu) -------------------------------------------------------------
+if [ "$MODE" = cpu ]; then
+  R="$OUT/cpu_bench"; mkdir -p "$R"
+  for isa in avx512 avx2; do
+    GRANET_CPU_ISA=$isa step cpu_bench.log 150 python3 benchmarks/bench_linear.py --quick --threads 1 \
+      --layouts csr auto --repeats 5 --out "$R/linear_xeon_$isa.json"
+    GRANET_CPU_ISA=$isa step cpu_bench.log 90 python3 benchmarks/bench_conv.py --shapes 3x3-256 \
+      --densities 0.1 --threads 1 --batches 1 4 64 --repeats 5 --out "$R/conv_xeon_$isa.json"
+    GRANET_CPU_ISA=$isa step cpu_bench.log 90 python3 benchmarks/bench_linear.py --quick --threads 1 \
+      --batches 1 8 32 --densities 0.5 0.1 --layouts masked csr --repeats 5 \
+      --out "$R/linear_small_batches_xeon_$isa.json"
+  done
+  tar -czf "$OUT/cpu_bench.tar.gz" -C "$OUT" cpu_bench && rm -rf "$R"
 fi
 say "done"

@@ -95,8 +95,8 @@ else
     say "compiler override: CXX=$CXX CC=$CC" | tee -a "$OUT/build.log"
   fi
   if [ "$MODE" = cpu ]; then CUDA_SWITCH=GRANET_SKIP_CUDA=1; else CUDA_SWITCH=GRANET_REQUIRE_CUDA=1; fi
-  env "$CUDA_SWITCH" TORCH_CUDA_ARCH_LIST=9.0 MAX_JOBS=${MAX_JOBS:-16} \
-    step build.log 360 python3 setup.py build_ext --inplace
+  export "$CUDA_SWITCH"
+  TORCH_CUDA_ARCH_LIST=9.0 MAX_JOBS=${MAX_JOBS:-16} step build.log 360 python3 setup.py build_ext --inplace
   rc=$?
   if [ $rc -ne 0 ] || [ ! -f "$SO" ]; then say "BUILD FAILED (rc=$rc)" | tee -a "$OUT/build.log"; exit 1; fi
   gzip -c "$SO" > "$OUT/_C$PY_SUFFIX.gz"
@@ -145,8 +145,15 @@ if [ "$MODE" = all ] || [ "$MODE" = bench ]; then
   step bench.log $((avail - 10)) python3 benchmarks/gpu/bench_gpu.py --budget-s $((avail - 40)) \
     --out "$OUT/gpu_bench.json" ${BENCH_ARGS:-}
 fi
-# --- host CPU benchmarks (mode cpu) -------------------------------------------------------------
-if [ "$MODE" = cpu ]; then
+# --- mode cpu: the same tests again with another ISA copy forced, then the host CPU benchmarks ---
+# CPU_ALSO_ISA=avx2 (or generic) reruns CPU_ALSO_PATHS (default tests/ops tests/nn) with that copy
+# (log tests_<isa>.log); CPU_BENCH=0 skips the benchmarks.
+if [ "$MODE" = cpu ] && [ -n "${CPU_ALSO_ISA:-}" ]; then
+  # shellcheck disable=SC2086
+  GRANET_CPU_ISA=$CPU_ALSO_ISA OMP_NUM_THREADS=2 step "tests_$CPU_ALSO_ISA.log" "$TEST_LIMIT" python3 -m pytest \
+    ${CPU_ALSO_PATHS:-tests/ops tests/nn} -q -n "${PYTEST_WORKERS:-8}" -p no:cacheprovider -rfE "${PYTEST_K[@]}"
+fi
+if [ "$MODE" = cpu ] && [ "${CPU_BENCH:-1}" != 0 ]; then
   R="$OUT/cpu_bench"; mkdir -p "$R"
   for isa in avx512 avx2; do
     GRANET_CPU_ISA=$isa step cpu_bench.log 150 python3 benchmarks/bench_linear.py --quick --threads 1 \

@@ -209,7 +209,7 @@ bool spmm_task(const int32_t* crow, const int32_t* col, const T* values, const T
         if (CHECK && c >= kb) return false;
         const vec w = S::splat(values[q + u]);
         const T* r = panel + static_cast<int64_t>(c) * BT;
-        for (int v = 0; v < NV; ++v) acc[u][v] += w * S::load(r + v * S::lanes);
+        for (int v = 0; v < NV; ++v) acc[u][v] = S::fmadd(w, S::load(r + v * S::lanes), acc[u][v]);
       }
     }
     for (; q < q_end; ++q) {
@@ -218,7 +218,7 @@ bool spmm_task(const int32_t* crow, const int32_t* col, const T* values, const T
       if (CHECK && c >= kb) return false;
       const vec w = S::splat(values[q]);
       const T* r = panel + static_cast<int64_t>(c) * BT;
-      for (int v = 0; v < NV; ++v) acc[0][v] += w * S::load(r + v * S::lanes);
+      for (int v = 0; v < NV; ++v) acc[0][v] = S::fmadd(w, S::load(r + v * S::lanes), acc[0][v]);
     }
     for (int u = 1; u < U; ++u)
       for (int v = 0; v < NV; ++v) acc[0][v] += acc[u][v];
@@ -293,7 +293,7 @@ bool csr_spmv(const int32_t* crow, const int32_t* col, const T* values, const T*
         ok = false;
         break;
       }
-      for (int u = 0; u < U; ++u) acc[u] += values[q + u] * x[c[u]];
+      for (int u = 0; u < U; ++u) acc[u] = fmadd(values[q + u], x[c[u]], acc[u]);
     }
     for (; ok && q < q_end; ++q) {
       const uint32_t c = static_cast<uint32_t>(col[q]);
@@ -301,7 +301,7 @@ bool csr_spmv(const int32_t* crow, const int32_t* col, const T* values, const T*
         ok = false;
         break;
       }
-      acc[0] += values[q] * x[c];
+      acc[0] = fmadd(values[q], x[c], acc[0]);
     }
     bad |= ok ? 0u : 1u;
     for (int u = 1; u < U; ++u) acc[0] += acc[u];

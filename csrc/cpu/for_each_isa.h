@@ -15,6 +15,9 @@
 #ifdef _OPENMP
 #include <omp.h>  // the kernels' thread teams (simd_impl.h's this_team)
 #endif
+#if defined(__x86_64__)
+#include <immintrin.h>  // simd_impl.h's explicit FMA (the intrinsics carry their own target attributes)
+#endif
 
 #define GRANET_ISA generic
 #define GRANET_VECTOR_BYTES 16

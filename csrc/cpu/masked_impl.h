@@ -70,13 +70,13 @@ inline void masked_dots(const T* const* xr, const T* const* wr, const unsigned c
     for (int r = 0; r < R; ++r) wm[r] = masked_load<T>(wr[r] + k, mr[r] + k);
     for (int b = 0; b < NB; ++b) {
       const vec xv = S::load(xr[b] + k);
-      for (int r = 0; r < R; ++r) acc[r][b] += wm[r] * xv;
+      for (int r = 0; r < R; ++r) acc[r][b] = S::fmadd(wm[r], xv, acc[r][b]);
     }
   }
   for (int r = 0; r < R; ++r)
     for (int b = 0; b < NB; ++b) {
       T s = S::hsum(acc[r][b]);
-      for (int64_t q = k; q < K; ++q) s += masked_scalar(wr[r], mr[r], q) * xr[b][q];
+      for (int64_t q = k; q < K; ++q) s = fmadd(masked_scalar(wr[r], mr[r], q), xr[b][q], s);
       out[r][b] = s;
     }
 }
@@ -164,14 +164,14 @@ inline void masked_rows_backward_group(const T* __restrict__ dy, const T* __rest
         // Two short chains instead of one of R dependent FMAs through the dx vector.
         vec d0 = S::load(dx + b * ldd + k), d1 = vec{};
         for (int r = 0; r < R; ++r) {
-          if (r & 1) d1 += s[r] * wm[r];
-          else d0 += s[r] * wm[r];
+          if (r & 1) d1 = S::fmadd(s[r], wm[r], d1);
+          else d0 = S::fmadd(s[r], wm[r], d0);
         }
         S::store(dx + b * ldd + k, d0 + d1);
       }
       if (DW) {
         const vec xv = S::load(x + b * K + k);
-        for (int r = 0; r < R; ++r) acc[r] += s[r] * xv;
+        for (int r = 0; r < R; ++r) acc[r] = S::fmadd(s[r], xv, acc[r]);
       }
     }
     if (DW)
@@ -193,8 +193,8 @@ inline void masked_rows_backward_group(const T* __restrict__ dy, const T* __rest
       T a = T(0);
       for (int64_t b = 0; b < n; ++b) {
         const T s = dy[b * M + o];
-        if (DX) dx[b * ldd + k] += s * wm;  // as the vector columns: an inf / NaN in dy times 0 is NaN
-        if (DW) a += s * x[b * K + k];
+        if (DX) dx[b * ldd + k] = fmadd(s, wm, dx[b * ldd + k]);  // as the vector columns: inf / NaN in dy times 0 is NaN
+        if (DW) a = fmadd(s, x[b * K + k], a);
       }
       if (DW) dw[o * K + k] = kept ? a : T(0);
     }

@@ -29,6 +29,21 @@ struct IntOf<double> {
   typedef int64_t type;
 };
 
+// a * b + c, rounded once where the ISA has FMA (the AVX2 and AVX-512 copies), twice on the SSE
+// baseline, which has none. Explicit because GCC contracts a * b + c at its own discretion: GCC 13
+// left the multiply and the add apart when it vectorised a scalar tail loop of the AVX-512 copy,
+// and kernels whose scalar and vector paths must give the same bits (the one-row forward and the
+// training forward; dW computed with or without dx) cannot leave that to the compiler.
+template <typename T>
+inline T fmadd(T a, T b, T c) {
+#if GRANET_VECTOR_BYTES >= 32
+  if constexpr (sizeof(T) == 4) return __builtin_fmaf(a, b, c);
+  else return __builtin_fma(a, b, c);
+#else
+  return a * b + c;
+#endif
+}
+
 template <typename T>
 struct Simd {
   typedef T vec __attribute__((vector_size(GRANET_VECTOR_BYTES)));
@@ -42,6 +57,18 @@ struct Simd {
   static inline void store(T* p, vec v) { __builtin_memcpy(p, &v, sizeof(vec)); }
   // s - 0 folds to one broadcast (0 + s would not: -0 + 0 is +0).
   static inline vec splat(T s) { return s - vec{}; }
+  // a * b + c lane by lane, rounded as the scalar fmadd above.
+  static inline vec fmadd(vec a, vec b, vec c) {
+#if GRANET_VECTOR_BYTES == 64
+    if constexpr (sizeof(T) == 4) return _mm512_fmadd_ps(a, b, c);
+    else return _mm512_fmadd_pd(a, b, c);
+#elif GRANET_VECTOR_BYTES == 32
+    if constexpr (sizeof(T) == 4) return _mm256_fmadd_ps(a, b, c);
+    else return _mm256_fmadd_pd(a, b, c);
+#else
+    return a * b + c;
+#endif
+  }
   static inline T hsum(vec v) {
     T s = T(0);
     for (int l = 0; l < lanes; ++l) s += v[l];

@@ -69,6 +69,10 @@ std::tuple<at::Tensor, at::Tensor> sparse_conv2d_backward_cpu(const at::Tensor& 
 bool masked_positions_are_zero_cpu(const at::Tensor& weight, const at::Tensor& mask);
 // grad[~mask] = 0, in place.
 void zero_masked_cpu(at::Tensor& grad, const at::Tensor& mask);
+// a @ b (+ bias on every row) in an output of the CPU output pool (cpu/output_pool.h): the masked
+// layout's GEMMs at large batches, whose outputs (a 64 MB dW at W 4096^2) would otherwise be fresh
+// allocations that page-fault on every step.
+at::Tensor pooled_mm_cpu(const at::Tensor& a, const at::Tensor& b, const std::optional<at::Tensor>& bias);
 // Small batches: y = x @ (weight * mask)^T + bias with the mask applied as the weight is read.
 at::Tensor masked_linear_small_cpu(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& mask,
                                    const std::optional<at::Tensor>& bias);

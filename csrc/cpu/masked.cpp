@@ -61,6 +61,27 @@ bool masked_positions_are_zero_cpu(const at::Tensor& weight, const at::Tensor& m
   return ok;
 }
 
+at::Tensor pooled_mm_cpu(const at::Tensor& a, const at::Tensor& b, const std::optional<at::Tensor>& bias) {
+  constexpr const char* op = "granet::_native_pooled_mm";
+  TORCH_CHECK_VALUE(a.dim() == 2 && b.dim() == 2, op, ": a and b must be 2-D, got shapes ", a.sizes(), " and ",
+                    b.sizes());
+  TORCH_CHECK_VALUE(a.device().is_cpu() && b.device().is_cpu(), op, ": needs CPU tensors");
+  TORCH_CHECK_VALUE(a.is_floating_point() && a.scalar_type() == b.scalar_type(), op,
+                    ": a and b must share one floating-point dtype, got ", a.scalar_type(), " and ", b.scalar_type());
+  TORCH_CHECK_VALUE(a.size(1) == b.size(0), op, ": a.shape[1] must be b.shape[0] = ", b.size(0), ", got ", a.size(1));
+  at::Tensor out = cpu::empty_output({a.size(0), b.size(1)}, a.options());
+  if (bias.has_value() && bias->defined()) {
+    TORCH_CHECK_VALUE(bias->device().is_cpu() && bias->dim() == 1 && bias->size(0) == b.size(1) &&
+                          bias->scalar_type() == a.scalar_type(),
+                      op, ": bias must be a 1-D ", a.scalar_type(), " CPU tensor of ", b.size(1),
+                      " entries, got shape ", bias->sizes(), ", dtype ", bias->scalar_type());
+    at::addmm_out(out, *bias, a, b);
+  } else {
+    at::mm_out(out, a, b);
+  }
+  return out;
+}
+
 namespace {
 
 // x [n, K] against weight / mask [M, K]: CPU, contiguous, float32/float64, mask bool.

@@ -45,8 +45,13 @@ def _check(x, weight, mask, bias=None):
 # W 1024^2 (in the last-level cache) batch 8: 1.3-1.6x / 1.3-1.7x; 16: 1.0-1.1x / 0.7-1.2x.
 # Batch 1 forward: 0.8x of BLAS alone at 4096^2 (reading the bool mask is 25% more memory traffic),
 # against 0.4x for check + BLAS.
+# The large-batch route writes its GEMMs into pooled outputs (no page faults on a fresh dW), which
+# moved the backward's crossover down: W 4096^2, d = 0.6, batch 32, ms: forward kernel 28.5 vs check
+# + BLAS 40.9, backward kernel ~93 vs check + BLAS ~60 (equal at batch 24). So the backward has its
+# own, lower limit.
 SMALL_BATCH_MAX = 8
 SMALL_BATCH_MAX_LARGE_WEIGHT = 32
+SMALL_BATCH_BACKWARD_MAX_LARGE_WEIGHT = 24
 LARGE_WEIGHT_NUMEL = 1 << 22
 
 
@@ -57,6 +62,12 @@ def _small_batch(x, weight, mask):
             and mask.is_contiguous())
 
 
+def _small_batch_backward(grad, weight):
+    """Whether a forward that took the small-batch kernel also takes its backward kernel."""
+    limit = SMALL_BATCH_BACKWARD_MAX_LARGE_WEIGHT if weight.numel() > LARGE_WEIGHT_NUMEL else SMALL_BATCH_MAX
+    return grad.shape[0] <= limit
+
+
 def _cpu(x, weight, mask, bias=None):
     if _small_batch(x, weight, mask):
         y = torch.ops.granet._native_masked_linear_small(x, weight, mask, bias)
@@ -65,11 +76,12 @@ def _cpu(x, weight, mask, bias=None):
     # The masked layout keeps its weight zero outside the mask; then this is one dense GEMM with
     # no masked copy of the weight. The check reads the weight once and allocates nothing; its
     # result rides on the output to the backward (the saved weight cannot change in between).
+    # The GEMMs write into pooled outputs (`_native_pooled_mm`, also in the backward).
     if torch.ops.granet._native_masked_positions_are_zero(weight, mask):
-        y = torch.nn.functional.linear(x, weight, bias)
+        y = torch.ops.granet._native_pooled_mm(x, weight.t(), bias)
         setattr(y, BACKWARD_HINT, "weight_is_masked")
         return y
-    return torch.nn.functional.linear(x, torch.where(mask, weight, 0), bias)
+    return torch.ops.granet._native_pooled_mm(x, torch.where(mask, weight, 0).t(), bias)
 
 
 def _triton(x, weight, mask, bias=None):
@@ -96,11 +108,13 @@ masked_matmul_def = register_op(
 
 
 def _weight_grad(grad, x, mask):
-    grad_weight = grad.t() @ x
-    if grad_weight.device.type == "cpu":
+    if grad.device.type == "cpu":
+        # A pooled output: a fresh dW (64 MB at W 4096^2) page-faults on every step, which cost the
+        # BLAS product ~40% more time (1 thread, Zen 3: 125 -> 195-230 ms at batch 256).
+        grad_weight = torch.ops.granet._native_pooled_mm(grad.t(), x)
         torch.ops.granet._native_zero_masked_(grad_weight, mask)
         return grad_weight
-    return grad_weight * mask
+    return (grad.t() @ x) * mask
 
 
 torch.library.impl("granet::_masked_weight_grad", ["cpu", "cuda"])(_weight_grad)
@@ -116,7 +130,7 @@ def _backward(saved, grad, needs, hint=None):
     # so that they are counted as sparse products (2 * N * nnz) like the forward; plain eager calls
     # BLAS directly (the same arithmetic, without the op dispatch).
     watched = _get_current_dispatch_mode() is not None
-    if hint == "small_batch" and not watched and (needs[0] or needs[1]):
+    if hint == "small_batch" and not watched and (needs[0] or needs[1]) and _small_batch_backward(grad, weight):
         dx, dw = torch.ops.granet._native_masked_backward_small(grad, x, weight if needs[0] else None, mask,
                                                                bool(needs[0]), bool(needs[1]))
         grad_bias = grad.sum(0) if bias is not None else None
@@ -124,7 +138,7 @@ def _backward(saved, grad, needs, hint=None):
     grad_x = None
     if needs[0]:
         if hint == "weight_is_masked" and not watched:
-            grad_x = grad @ weight
+            grad_x = torch.ops.granet._native_pooled_mm(grad, weight)
         else:
             # dx = dy @ (w * m) is itself a masked matmul, over the transposed weight and mask.
             grad_x = torch.ops.granet.masked_matmul(grad, weight.t(), mask.t(), None)

@@ -94,6 +94,30 @@ def test_masked_matmul_takes_the_small_batch_kernels_with_gradients(batch, seed)
     assert not weight.grad[~mask].any()
 
 
+@pytest.mark.parametrize("batch", [masked_ops.SMALL_BATCH_BACKWARD_MAX_LARGE_WEIGHT,
+                                   masked_ops.SMALL_BATCH_BACKWARD_MAX_LARGE_WEIGHT + 1,
+                                   masked_ops.SMALL_BATCH_MAX_LARGE_WEIGHT])
+def test_large_weight_between_the_limits_takes_the_small_forward_and_the_blas_backward(batch, seed):
+    # Above the backward's limit a small-batch forward is followed by the pooled BLAS backward (check + GEMMs).
+    out, inp = 2049, 2048  # just above LARGE_WEIGHT_NUMEL entries
+    assert out * inp > masked_ops.LARGE_WEIGHT_NUMEL
+    x, weight, mask, bias, dy = _operands(batch, out, inp, torch.float32, seed, outside=0.0)
+    for t in (x, weight, bias):
+        t.requires_grad_()
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        gk.ops.masked_matmul(x, weight, mask, bias).backward(dy)
+    called = {e.name for e in prof.events()}
+    assert "granet::_native_masked_linear_small" in called
+    small_backward = batch <= masked_ops.SMALL_BATCH_BACKWARD_MAX_LARGE_WEIGHT
+    assert ("granet::_native_masked_backward_small" in called) == small_backward
+    assert ("granet::_native_pooled_mm" in called) != small_backward
+    masked = torch.where(mask, weight.detach(), 0)
+    torch.testing.assert_close(x.grad, dy @ masked, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(weight.grad, torch.where(mask, dy.t() @ x.detach(), 0), rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(bias.grad, dy.sum(0), rtol=1e-4, atol=1e-4)
+    assert not weight.grad[~mask].any()
+
+
 def test_small_batch_choice_follows_batch_size_and_weight_size():
     small_w = torch.zeros(64, 64)
     large_w = torch.zeros(1, masked_ops.LARGE_WEIGHT_NUMEL + 1)
@@ -102,6 +126,9 @@ def test_small_batch_choice_follows_batch_size_and_weight_size():
         limit = masked_ops.SMALL_BATCH_MAX_LARGE_WEIGHT if w is large_w else masked_ops.SMALL_BATCH_MAX
         assert masked_ops._small_batch(torch.zeros(limit, w.shape[1]), w, m)
         assert not masked_ops._small_batch(torch.zeros(limit + 1, w.shape[1]), w, m)
+        limit = masked_ops.SMALL_BATCH_BACKWARD_MAX_LARGE_WEIGHT if w is large_w else masked_ops.SMALL_BATCH_MAX
+        assert masked_ops._small_batch_backward(torch.zeros(limit, w.shape[0]), w)
+        assert not masked_ops._small_batch_backward(torch.zeros(limit + 1, w.shape[0]), w)
     # transposed (non-contiguous) operands keep the BLAS route
     assert not masked_ops._small_batch(torch.zeros(2, 64), small_w.t(), torch.ones(64, 64, dtype=torch.bool).t())
 

@@ -23,17 +23,27 @@ CPU_CSR_MAX_DENSITY = {"linear": 0.25, "conv": 0.5}
 # CSR 0.72x / 0.65x at 0.3 / 0.35, so the wider range stops at 2^20 weights.
 CPU_CSR_MAX_DENSITY_SMALL_LINEAR = 0.36
 SMALL_LINEAR_NUMEL = 1 << 20
+# Medium linear weights (up to 2^22 entries: 1024x4096, 2048^2, 768x3072) sit between the two:
+# measured 2026-11-26 (07:10, batch 256, CSR / masked x dense, same process): d = 0.25 1.44-1.63 /
+# 0.94-0.98, 0.275 1.36-1.56 / 0.90-1.01, 0.29 1.06-1.43 / 0.93-0.99, 0.3 0.84-1.13 / 0.89-1.06,
+# 0.35 0.68-0.88 / 0.84-1.00 (W 4096^2 in the same runs: CSR 1.51 / 1.15 / 0.98 against masked
+# 1.23 / 1.25 / 0.98 at 0.25 / 0.275 / 0.29, so the large-weight limit stays).
+CPU_CSR_MAX_DENSITY_MEDIUM_LINEAR = 0.3
+MEDIUM_LINEAR_NUMEL = 1 << 22
 
 
 def choose_layout(kind: str, density: float, device: torch.device, dtype: torch.dtype,
                   numel: int | None = None) -> str:
     """The layout for a weight of this kind ("linear" / "conv"), density, device and dtype; `numel`
-    (the dense weight's element count) lets small linear weights stay CSR to a higher density."""
+    (the dense weight's element count) lets small and medium linear weights stay CSR to a higher
+    density."""
     device = torch.device(device)
     if device.type == "cpu" and dtype in (torch.float32, torch.float64):
         limit = CPU_CSR_MAX_DENSITY[kind]
         if kind == "linear" and numel is not None and numel <= SMALL_LINEAR_NUMEL:
             limit = CPU_CSR_MAX_DENSITY_SMALL_LINEAR
+        elif kind == "linear" and numel is not None and numel <= MEDIUM_LINEAR_NUMEL:
+            limit = CPU_CSR_MAX_DENSITY_MEDIUM_LINEAR
         return "csr" if density < limit else "masked"
     # GPU: the masked layout (Triton masked matmul) until the sparse GPU kernels are measured.
     return "masked"

@@ -104,6 +104,11 @@ def test_auto_layout_follows_density():
     assert SparseLinear(2048, 2048, density=0.35).layout == "masked"
     assert SparseLinear(1024, 1024, density=0.4).layout == "masked"
     assert SparseLinear(2048, 2048, density=0.2).layout == "csr"
+    # medium weights (up to 2^22 entries) to 0.3, larger ones to 0.25
+    assert SparseLinear(2048, 2048, density=0.28).layout == "csr"
+    assert SparseLinear(2048, 2048, density=0.31).layout == "masked"
+    assert SparseLinear(4096, 2049, density=0.28).layout == "masked"
+    assert SparseLinear(4096, 2049, density=0.24).layout == "csr"
 
 
 @pytest.mark.parametrize("layout", LAYOUTS)

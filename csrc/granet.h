@@ -73,6 +73,12 @@ void zero_masked_cpu(at::Tensor& grad, const at::Tensor& mask);
 // layout's GEMMs at large batches, whose outputs (a 64 MB dW at W 4096^2) would otherwise be fresh
 // allocations that page-fault on every step.
 at::Tensor pooled_mm_cpu(const at::Tensor& a, const at::Tensor& b, const std::optional<at::Tensor>& bias);
+// Polyphase planes (csrc/cpu/polyphase.cpp): planes[n, (c*s + a)*s + b, i, j] = x[n, c, s*i + a - pad_h,
+// s*j + b - pad_w] (0 outside x), out_h x out_w each; merge is its adjoint (the gradient of split).
+at::Tensor polyphase_split_cpu(const at::Tensor& x, int64_t stride, int64_t pad_h, int64_t pad_w, int64_t out_h,
+                               int64_t out_w);
+at::Tensor polyphase_merge_cpu(const at::Tensor& planes, int64_t stride, int64_t pad_h, int64_t pad_w, int64_t h,
+                               int64_t w);
 // Small batches: y = x @ (weight * mask)^T + bias with the mask applied as the weight is read.
 at::Tensor masked_linear_small_cpu(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& mask,
                                    const std::optional<at::Tensor>& bias);

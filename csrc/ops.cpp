@@ -56,6 +56,9 @@ TORCH_LIBRARY(granet, m) {
   m.def("_native_zero_masked_(Tensor(a!) grad, Tensor mask) -> ()");
   // a @ b (+ bias) into a pooled output (no page faults for large outputs): the masked layout's GEMMs.
   m.def("_native_pooled_mm(Tensor a, Tensor b, Tensor? bias=None) -> Tensor");
+  // Polyphase planes of an input and their adjoint: strided convolutions as stride-1 ones (nn/conv.py).
+  m.def("_native_polyphase_split(Tensor x, int stride, int pad_h, int pad_w, int out_h, int out_w) -> Tensor");
+  m.def("_native_polyphase_merge(Tensor planes, int stride, int pad_h, int pad_w, int h, int w) -> Tensor");
   // Small batches of the masked layout: the mask applied as the weight is read (one pass over it).
   m.def("_native_masked_linear_small(Tensor x, Tensor weight, Tensor mask, Tensor? bias=None) -> Tensor");
   m.def("_native_masked_backward_small(Tensor dy, Tensor x, Tensor? weight, Tensor mask, bool need_dx, "
@@ -101,6 +104,8 @@ TORCH_LIBRARY_IMPL(granet, CPU, m) {
   m.impl("_native_masked_positions_are_zero", &granet::masked_positions_are_zero_cpu);
   m.impl("_native_zero_masked_", &granet::zero_masked_cpu);
   m.impl("_native_pooled_mm", &granet::pooled_mm_cpu);
+  m.impl("_native_polyphase_split", &granet::polyphase_split_cpu);
+  m.impl("_native_polyphase_merge", &granet::polyphase_merge_cpu);
   m.impl("_native_masked_linear_small", &granet::masked_linear_small_cpu);
   m.impl("_native_masked_backward_small", &granet::masked_backward_small_cpu);
   m.impl("_native_csr_spmm", &granet::csr_spmm_cpu);

@@ -27,6 +27,37 @@ def _padding(padding, kernel_size, dilation, stride):
     return _pair(padding)
 
 
+# Strided convolutions at small batches. The CPU engine puts pixels in the vector lanes only at
+# stride 1 (images otherwise, so batch 1 fills one lane in 8); a strided convolution is rewritten as
+# one at stride 1 over the input's polyphase planes (pixel_unshuffle): input row s*i + ky is row
+# i + ky // s of phase ky % s, so each nonzero (o, c, ky, kx) becomes (o, (c*s + ky%s)*s + kx%s,
+# ky//s, kx//s) of a kernel ceil(k/s) wide, the same values in another order. 1x1 kernels without
+# padding just read every s-th pixel.
+_VECTOR_BYTES = {"avx512": 64, "avx2": 32}
+
+
+def _pixel_lanes_take(batch: int, dtype: torch.dtype) -> bool:
+    """Whether the CPU engine runs a stride-1 convolution of this batch with pixels in the lanes."""
+    from granet_kernels import build_info
+
+    lanes = _VECTOR_BYTES.get(build_info().get("cpu_isa"), 16) // torch.empty((), dtype=dtype).element_size()
+    return 2 * batch <= lanes
+
+
+def _polyphase_index(crow: torch.Tensor, col: torch.Tensor, kernel_size, stride: int, in_channels: int):
+    """The CSR column indices of the stride-1 kernel over the polyphase planes (ordered within each row)
+    and the permutation of the values into that order."""
+    kh, kw = kernel_size
+    qh, qw = -(-kh // stride), -(-kw // stride)
+    col = col.long()
+    c, ky, kx = col // (kh * kw), (col // kw) % kh, col % kw
+    phase_channel = (c * stride + ky % stride) * stride + kx % stride
+    new_col = (phase_channel * qh + ky // stride) * qw + kx // stride
+    rows = torch.repeat_interleave(torch.arange(crow.numel() - 1, device=col.device), crow.diff().long())
+    perm = torch.argsort(rows * (in_channels * stride * stride * qh * qw) + new_col, stable=True)
+    return new_col[perm].to(torch.int32), perm, (qh, qw)
+
+
 class SparseConv2d(SparseWeightMixin, nn.Module):
     """conv2d with a sparse filter bank. `layout`: "auto" (by density), "masked" or "csr"."""
 
@@ -100,10 +131,49 @@ class SparseConv2d(SparseWeightMixin, nn.Module):
         if self.layout == "masked":
             y = ops.masked_conv2d(input, self.weight, self.weight_mask, self.stride, self.padding, self.dilation,
                                   self.bias)
+        elif self._takes_polyphase(input):
+            y = self._polyphase_forward(input)
         else:
             y = ops.sparse_conv2d(input, self.crow_indices, self.col_indices, self.weight, self.kernel_size, self.stride,
                                   self.padding, self.dilation, self.bias)
         return y.squeeze(0) if unbatched else y
+
+    def _takes_polyphase(self, input: torch.Tensor) -> bool:
+        s = self.stride[0]
+        if (torch.compiler.is_compiling() or input.device.type != "cpu" or s == 1 or self.stride[1] != s
+                or self.dilation != (1, 1) or input.dtype not in (torch.float32, torch.float64)):
+            return False
+        if self.kernel_size == (1, 1) and self.padding == (0, 0):
+            return _pixel_lanes_take(input.shape[0], input.dtype)
+        # Inference at the last batch size the lanes take (4 fp32 images on AVX2) measured faster with
+        # images in the lanes (3x3 stride 2, d = 0.1: 1.70x / 2.00x dense against 1.41x / 1.79x), the
+        # training step faster over the planes (1.80x / 1.96x against 1.66x / 1.85x).
+        training = torch.is_grad_enabled() and (input.requires_grad or self.weight.requires_grad)
+        return _pixel_lanes_take(input.shape[0] + (0 if training else 1), input.dtype)
+
+    def _polyphase_forward(self, input: torch.Tensor) -> torch.Tensor:
+        s = self.stride[0]
+        (kh, kw), (ph, pw) = self.kernel_size, self.padding
+        n, _, h, w = input.shape
+        ho, wo = (h + 2 * ph - kh) // s + 1, (w + 2 * pw - kw) // s + 1
+        if ho <= 0 or wo <= 0:  # let the op report the empty output
+            return ops.sparse_conv2d(input, self.crow_indices, self.col_indices, self.weight, self.kernel_size,
+                                     self.stride, self.padding, self.dilation, self.bias)
+        if (kh, kw) == (1, 1) and (ph, pw) == (0, 0):
+            return ops.sparse_conv2d(input[:, :, ::s, ::s], self.crow_indices, self.col_indices, self.weight, (1, 1),
+                                     (1, 1), (0, 0), (1, 1), self.bias)
+        key = (self.crow_indices.data_ptr(), self.col_indices.data_ptr(), self.crow_indices._version,
+               self.col_indices._version, self.col_indices.numel(), s)
+        cache = getattr(self, "_polyphase_cache", None)
+        if cache is None or cache[0] != key:
+            cache = (key, *_polyphase_index(self.crow_indices, self.col_indices, self.kernel_size, s, self.in_channels))
+            self._polyphase_cache = cache
+        _, col, perm, (qh, qw) = cache
+        # planes of out + q - 1 rows and columns: the stride-1 convolution over them has exactly the
+        # output's size
+        planes = ops.polyphase_planes(input, s, ph, pw, ho + qh - 1, wo + qw - 1)
+        return ops.sparse_conv2d(planes, self.crow_indices, col, self.weight[perm], (qh, qw), (1, 1), (0, 0), (1, 1),
+                                 self.bias)
 
     def extra_repr(self) -> str:
         s = (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}, "

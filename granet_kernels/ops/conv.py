@@ -235,3 +235,31 @@ def sparse_conv2d_backward(grad_output, input, crow_indices, col_indices, values
     return torch.ops.granet.sparse_conv2d_backward(
         grad_output, input, crow_indices, col_indices, values, list(kernel_size), list(stride), list(padding), list(dilation)
     )
+
+
+# Polyphase planes (CPU): planes[n, (c*s + a)*s + b, i, j] = x[n, c, s*i + a - pad_h, s*j + b - pad_w],
+# 0 outside x. A convolution at stride s is one at stride 1 over these planes (nn/conv.py rewrites
+# strided SparseConv2d calls at small batches that way); merge is the adjoint, the planes' gradient.
+torch.library.register_fake("granet::_native_polyphase_split")(
+    lambda x, s, pad_h, pad_w, out_h, out_w: x.new_empty(x.shape[0], x.shape[1] * s * s, out_h, out_w))
+torch.library.register_fake("granet::_native_polyphase_merge")(
+    lambda planes, s, pad_h, pad_w, h, w: planes.new_empty(planes.shape[0], planes.shape[1] // (s * s), h, w))
+
+
+class _PolyphasePlanes(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, stride, pad_h, pad_w, out_h, out_w):
+        ctx.geometry = (stride, pad_h, pad_w, x.shape[2], x.shape[3])
+        return torch.ops.granet._native_polyphase_split(x, stride, pad_h, pad_w, out_h, out_w)
+
+    @staticmethod
+    def backward(ctx, grad):
+        stride, pad_h, pad_w, h, w = ctx.geometry
+        return torch.ops.granet._native_polyphase_merge(grad, stride, pad_h, pad_w, h, w), None, None, None, None, None
+
+
+def polyphase_planes(x, stride: int, pad_h: int, pad_w: int, out_h: int, out_w: int):
+    """The s*s phase planes (out_h x out_w each) of x [N, C, H, W] zero-padded by pad_h / pad_w at the
+    top / left, as [N, C*s*s, out_h, out_w] (pixel_unshuffle's channel order); differentiable."""
+    C.tensor("granet::polyphase_planes", "x", x, dim=4, dtypes=NATIVE_DTYPES)
+    return _PolyphasePlanes.apply(x, stride, pad_h, pad_w, out_h, out_w)

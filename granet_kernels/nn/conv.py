@@ -7,6 +7,7 @@ from torch import nn
 from torch.nn.modules.utils import _pair
 
 from granet_kernels import ops
+from granet_kernels.ops._checks import version_token
 from granet_kernels.nn._sparse import SparseWeightMixin, carry_module_state
 from granet_kernels.nn.linear import _initial_mask
 
@@ -141,7 +142,9 @@ class SparseConv2d(SparseWeightMixin, nn.Module):
     def _takes_polyphase(self, input: torch.Tensor) -> bool:
         s = self.stride[0]
         if (torch.compiler.is_compiling() or input.device.type != "cpu" or s == 1 or self.stride[1] != s
-                or self.dilation != (1, 1) or input.dtype not in (torch.float32, torch.float64)):
+                or self.dilation != (1, 1) or input.dtype not in (torch.float32, torch.float64)
+                # under vmap / functorch transforms (the planes' copy has no batching rule)
+                or torch._C._functorch.peek_interpreter_stack() is not None):
             return False
         if self.kernel_size == (1, 1) and self.padding == (0, 0):
             return _pixel_lanes_take(input.shape[0], input.dtype)
@@ -162,18 +165,30 @@ class SparseConv2d(SparseWeightMixin, nn.Module):
         if (kh, kw) == (1, 1) and (ph, pw) == (0, 0):
             return ops.sparse_conv2d(input[:, :, ::s, ::s], self.crow_indices, self.col_indices, self.weight, (1, 1),
                                      (1, 1), (0, 0), (1, 1), self.bias)
-        key = (self.crow_indices.data_ptr(), self.col_indices.data_ptr(), self.crow_indices._version,
-               self.col_indices._version, self.col_indices.numel(), s)
-        cache = getattr(self, "_polyphase_cache", None)
-        if cache is None or cache[0] != key:
-            cache = (key, *_polyphase_index(self.crow_indices, self.col_indices, self.kernel_size, s, self.in_channels))
-            self._polyphase_cache = cache
-        _, col, perm, (qh, qw) = cache
+        col, perm, (qh, qw) = self._polyphase_index(s)
         # planes of out + q - 1 rows and columns: the stride-1 convolution over them has exactly the
         # output's size
         planes = ops.polyphase_planes(input, s, ph, pw, ho + qh - 1, wo + qw - 1)
         return ops.sparse_conv2d(planes, self.crow_indices, col, self.weight[perm], (qh, qw), (1, 1), (0, 0), (1, 1),
                                  self.bias)
+
+    def _polyphase_index(self, s: int):
+        """_polyphase_index of this module's filter index, cached until the index changes. The cache
+        holds the index tensors it was built from (compared by identity, so a new index at a freed
+        one's address is not mistaken for it) and their versions (in-place changes)."""
+        crow, col = self.crow_indices, self.col_indices
+        token = version_token(crow, col)
+        cache = self.__dict__.get("_polyphase_cache")
+        if (token is not None and cache is not None and cache[0] is crow and cache[1] is col
+                and cache[2] == (token, s)):
+            return cache[3]
+        if token is None:  # inference tensors track no version: rebuilt on every call instead
+            return _polyphase_index(crow, col, self.kernel_size, s, self.in_channels)
+        # Built as normal tensors even inside inference_mode, so that a later call with autograd can use them.
+        with torch.inference_mode(False):
+            index = _polyphase_index(crow, col, self.kernel_size, s, self.in_channels)
+        self.__dict__["_polyphase_cache"] = (crow, col, (token, s), index)
+        return index
 
     def extra_repr(self) -> str:
         s = (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}, "

@@ -50,27 +50,47 @@ def compressed_index(op: str, ptr_name: str, ptr: torch.Tensor, idx_name: str, i
     same_device(op, [(ptr_name, ptr), (idx_name, idx)])
 
 
-def _validation_key(ptr: torch.Tensor, idx: torch.Tensor, bound: int) -> tuple:
-    # In-place changes bump _version; rebinding .data changes data_ptr.
-    return (ptr.data_ptr(), ptr._version, ptr.numel(), idx.data_ptr(), idx._version, idx.numel(), int(bound))
+def version_token(*tensors: torch.Tensor) -> tuple | None:
+    """What identifies the contents of these tensors for a cache kept beside them: in-place changes
+    bump _version, rebinding .data changes data_ptr. None for inference tensors, which track no
+    version (inside inference_mode they change in place unseen): never cache those."""
+    for t in tensors:
+        if t.is_inference():
+            return None
+    return tuple([(t._version, t.data_ptr(), t.numel()) for t in tensors])
+
+
+def remembered(holder: torch.Tensor, attr: str, tensors: Sequence[torch.Tensor], extra=None) -> bool:
+    """Whether `remember(holder, attr, tensors, extra)` ran since any of `tensors` last changed (the
+    same objects, versions, addresses and sizes) with the same `extra`."""
+    seen = getattr(holder, attr, None)
+    if seen is None or len(seen[0]) != len(tensors):
+        return False
+    for a, b in zip(seen[0], tensors):
+        if a is not b:
+            return False
+    token = version_token(*tensors)
+    return token is not None and seen[1] == token and seen[2] == extra
+
+
+def remember(holder: torch.Tensor, attr: str, tensors: Sequence[torch.Tensor], extra=None) -> None:
+    """Record on `holder` that a check of `tensors` passed (nothing for inference tensors)."""
+    token = version_token(*tensors)
+    if token is not None:
+        try:
+            setattr(holder, attr, (tuple(tensors), token, extra))
+        except (AttributeError, RuntimeError):  # tensor subclasses that refuse attributes
+            pass
 
 
 def compressed_index_values(op: str, ptr_name: str, ptr: torch.Tensor, idx_name: str, idx: torch.Tensor, bound: int):
     """Values of a compressed index: ptr starts at 0, never decreases, ends at nnz; 0 <= idx < bound.
 
     A pair that passed is remembered on the index tensor, so the index a sparse module builds once
-    per mask change is not re-read on every call (it is re-checked after any in-place change)."""
-    key = _validation_key(ptr, idx, bound)
-    if getattr(idx, "_granet_checked", None) == key:
+    per mask change is not re-read on every call (it is re-checked after any in-place change). The
+    record holds ptr itself: another ptr tensor, even at the same address, is checked afresh."""
+    if remembered(idx, "_granet_checked", (ptr, idx), int(bound)):
         return
-    _compressed_index_values(op, ptr_name, ptr, idx_name, idx, bound)
-    try:
-        idx._granet_checked = key
-    except (AttributeError, RuntimeError):  # tensor subclasses that refuse attributes
-        pass
-
-
-def _compressed_index_values(op, ptr_name, ptr, idx_name, idx, bound):
     nnz = idx.numel()
     first, last = int(ptr[0]), int(ptr[-1])
     if first != 0:
@@ -81,22 +101,50 @@ def _compressed_index_values(op, ptr_name, ptr, idx_name, idx, bound):
         bad = int(torch.nonzero(ptr[1:] < ptr[:-1])[0])
         raise ValueError(f"{op}: {ptr_name} must be non-decreasing; {ptr_name}[{bad}] > {ptr_name}[{bad + 1}]")
     index_range(op, idx_name, idx, bound)
+    remember(idx, "_granet_checked", (ptr, idx), int(bound))
 
 
 def index_range(op: str, name: str, idx: torch.Tensor, bound: int):
-    if idx.numel() == 0:
-        return
-    key = (idx.data_ptr(), idx._version, idx.numel(), int(bound))
-    if getattr(idx, "_granet_range_checked", None) == key:
+    if idx.numel() == 0 or remembered(idx, "_granet_range_checked", (idx,), int(bound)):
         return
     lo, hi = (int(v) for v in torch.aminmax(idx))
     if lo < 0 or hi >= bound:
         bad = lo if lo < 0 else hi
         raise IndexError(f"{op}: {name} holds {bad}, out of range [0, {bound})")
-    try:
-        idx._granet_range_checked = key
-    except (AttributeError, RuntimeError):
-        pass
+    remember(idx, "_granet_range_checked", (idx,), int(bound))
+
+
+def permutation(op: str, name: str, perm: torch.Tensor, n: int):
+    """perm holds every integer of [0, n) once. Remembered on perm like the index checks: the
+    index a module builds is read once per mask change, not per call."""
+    if remembered(perm, "_granet_permutation_checked", (perm,), int(n)):
+        return
+    index_range(op, name, perm, n)
+    hit = torch.zeros(n, dtype=torch.bool, device=perm.device).index_fill_(0, perm.long(), True)
+    if perm.numel() != n or not bool(hit.all()):
+        raise ValueError(f"{op}: {name} must be a permutation of [0, {n}) (each CSR position once); "
+                         "build it with transpose_index")
+    remember(perm, "_granet_permutation_checked", (perm,), int(n))
+
+
+def transposed_index(op: str, crow: torch.Tensor, col: torch.Tensor, ccol: torch.Tensor, row: torch.Tensor,
+                     perm: torch.Tensor):
+    """(ccol_indices, row_indices, perm) is the CSC index of the CSR pattern (crow_indices,
+    col_indices): CSC slot s is the nonzero at CSR position perm[s], in row row[s] and in the column
+    whose slots it lies among. Both indices must have passed compressed_index_values."""
+    index = (crow, col, ccol, row, perm)
+    if remembered(perm, "_granet_transpose_checked", index):
+        return
+    permutation(op, "perm", perm, col.numel())
+    p = perm.long()
+    csr_row = torch.repeat_interleave(torch.arange(crow.numel() - 1, device=crow.device), (crow[1:] - crow[:-1]).long(),
+                                      output_size=col.numel())
+    csc_col = torch.repeat_interleave(torch.arange(ccol.numel() - 1, device=ccol.device), (ccol[1:] - ccol[:-1]).long(),
+                                      output_size=row.numel())
+    if not (bool((csr_row[p] == row.long()).all()) and bool((col.long()[p] == csc_col).all())):
+        raise ValueError(f"{op}: ccol_indices, row_indices and perm are not the transposed index of crow_indices and "
+                         "col_indices (build them with transpose_index)")
+    remember(perm, "_granet_transpose_checked", index)
 
 
 def positive_ints(op: str, name: str, values: Sequence[int], count: int, *, minimum: int = 1):

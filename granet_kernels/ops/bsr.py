@@ -115,9 +115,12 @@ bsr_sddmm_def = register_op(
 def _spmm_backward(saved, grad, needs, hint=None):
     crow, col, values, x = saved
     bs = values.shape[1]
-    grad_values = torch.ops.granet.bsr_sddmm(crow, col, grad, x, bs)
-    ccol, row, perm = transpose_index(crow, col, x.shape[1] // bs)
-    grad_x = torch.ops.granet.bsr_spmm_t(ccol, row, perm, values, grad)
+    grad_values = grad_x = None  # only the products asked for (a first layer needs no dx)
+    if needs[2]:
+        grad_values = torch.ops.granet.bsr_sddmm(crow, col, grad, x, bs)
+    if needs[3]:
+        ccol, row, perm = transpose_index(crow, col, x.shape[1] // bs)
+        grad_x = torch.ops.granet.bsr_spmm_t(ccol, row, perm, values, grad)
     return None, None, grad_values, grad_x
 
 

@@ -118,10 +118,16 @@ def _check_linear_backward(ccol, row, perm, values, dy, x):
     C.size(op, "x", x, 1, ccol.shape[0] - 1, "the columns of the pattern, len(ccol_indices) - 1")
 
 
+def _check_linear_backward_values(ccol, row, perm, values, dy, x):
+    _check_spmm_t_values(ccol, row, perm, values, dy)
+    # dvalues[perm[s]] is written once per CSC slot s: only a permutation defines every entry once
+    C.permutation("granet::csr_linear_backward", "perm", perm, values.numel())
+
+
 csr_linear_backward_def = register_op(
     "csr_linear_backward",
     check=_check_linear_backward,
-    check_values=lambda ccol, row, perm, values, dy, x: _check_spmm_t_values(ccol, row, perm, values, dy),
+    check_values=_check_linear_backward_values,
     reference=reference.csr_linear_backward,
     fake_output=lambda ccol, row, perm, values, dy, x: (x.new_empty(x.shape), x.new_empty(row.shape[0])),
     flops=lambda ccol, row, perm, values, dy, x: 4 * row.numel() * x.shape[0],
@@ -148,9 +154,14 @@ def _check_linear(x, crow, col, ccol, row, perm, values, bias=None):
 
 def _check_linear_values(x, crow, col, ccol, row, perm, values, bias=None):
     op = "granet::csr_linear"
+    index, bounds = (crow, col, ccol, row, perm), (x.shape[1], crow.shape[0] - 1)
+    if C.remembered(perm, "_granet_linear_checked", index, bounds):  # a module's index: checked once per mask
+        return
     C.compressed_index_values(op, "crow_indices", crow, "col_indices", col, x.shape[1])
     C.compressed_index_values(op, "ccol_indices", ccol, "row_indices", row, crow.shape[0] - 1)
-    C.index_range(op, "perm", perm, values.numel())
+    # the forward reads the CSR index, the backward the CSC one: they must describe the same W
+    C.transposed_index(op, crow, col, ccol, row, perm)
+    C.remember(perm, "_granet_linear_checked", index, bounds)
 
 
 def _linear_reference(x, crow, col, ccol, row, perm, values, bias=None):

@@ -213,3 +213,14 @@ def test_constructor_argument_errors_name_the_argument():
     ]:
         with pytest.raises(error, match=match):
             SparseLinear.from_dense(dense, **kwargs)
+
+
+@pytest.mark.parametrize("layout", ["csr", "bsr", "masked"])
+def test_module_built_and_run_in_inference_mode(layout):
+    # inference tensors track no version: the index checks must not try to cache on them
+    with torch.inference_mode():
+        layer = SparseLinear(40, 24, density=0.3, layout=layout, blocksize=8)
+        x = torch.randn(5, 40)
+        for _ in range(2):
+            torch.testing.assert_close(layer(x), torch.nn.functional.linear(x, layer.dense_weight(), layer.bias),
+                                       rtol=1e-5, atol=1e-5)

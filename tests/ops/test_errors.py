@@ -41,6 +41,14 @@ def _csr(pattern):
     return crow, col
 
 
+def _other_transpose():
+    """The transposed index of another pattern of PATTERN's shape and nonzero count."""
+    other = PATTERN.clone()
+    other[0, 0], other[1, 0] = False, True
+    crow, col = _csr(other)
+    return transpose_index(crow, col, K)
+
+
 def base(name):
     """Valid arguments (a list, to be edited) for op `name`."""
     crow, col = _csr(PATTERN)
@@ -193,6 +201,8 @@ CASES = [
     ("csr_linear_backward", "values-length", edit(a3=drop_last), ValueError, r"\bvalues has \d+ entries"),
     ("csr_linear_backward", "perm-out-of-range", edit(a2=set_(None, 0, 99)), IndexError, r"\bperm holds 99"),
     ("csr_linear_backward", "perm-length", edit(a2=drop_last), ValueError, r"\bperm has \d+ entries"),
+    ("csr_linear_backward", "perm-not-a-permutation", edit(a2=lambda t: set_(None, 1, int(t[0]))(t)), ValueError,
+     r"\bperm must be a permutation"),
     ("csr_linear_backward", "x-fp64", edit(a5=lambda t: t.double()), TypeError, r"\bx has dtype torch.float64"),
     ("csr_linear_backward", "x-meta", edit(a5=meta), ValueError, r"\bx is on meta"),
     # csr_linear(x, crow_indices, col_indices, ccol_indices, row_indices, perm, values, bias)
@@ -209,6 +219,11 @@ CASES = [
     ("csr_linear", "row-past-end", edit(a4=set_(None, 0, M)), IndexError, r"\brow_indices holds 4, out of range \[0, 4\)"),
     ("csr_linear", "ccol-not-from-0", edit(a3=lambda t: t + 1), ValueError, r"\bccol_indices\[0\] must be 0"),
     ("csr_linear", "ccol-int64", edit(a3=to_long), TypeError, r"\bccol_indices.*int32"),
+    ("csr_linear", "perm-not-a-permutation", edit(a5=lambda t: set_(None, 1, int(t[0]))(t)), ValueError,
+     r"\bperm must be a permutation"),
+    ("csr_linear", "transposed-index-of-another-pattern",
+     edit(a3=lambda t: _other_transpose()[0], a4=lambda t: _other_transpose()[1], a5=lambda t: _other_transpose()[2]),
+     ValueError, r"ccol_indices, row_indices and perm are not the transposed index of crow_indices"),
     ("csr_linear", "x-meta", edit(a0=meta), ValueError, r"\bx is on meta"),
     ("csr_linear", "bias-meta", edit(a7=meta), ValueError, r"\bbias is on meta"),
     # masked_matmul(x, weight, mask, bias)
@@ -511,3 +526,29 @@ def test_native_op_rejects_bad_indices(native, public, mutate, exc, name):
     op(*good)
     with pytest.raises(exc, match=rf"\b{re.escape(name)}\b"):
         op(*mutate(good))
+
+
+@pytest.mark.parametrize("backend", ["reference", "cpu"])
+def test_index_check_record_is_not_taken_for_another_pointer_tensor(backend):
+    # A checked (crow, col) pair is remembered on col; a different crow tensor at the same address
+    # with the same version number (a freed index's memory reused) must be checked afresh.
+    crow, col = _csr(PATTERN)
+    values, x = _g(col.numel()), _g(N, K)
+    with granet_kernels.backend(backend):
+        gops.csr_spmm(crow, col, values, x)
+        bad = crow.data  # another tensor object over the same memory
+        bad.copy_(crow.flip(0))  # decreasing
+        while bad._version < crow._version:
+            bad.add_(0)
+        with pytest.raises(ValueError, match="crow_indices"):
+            gops.csr_spmm(bad, col, values, x)
+
+
+def test_inference_tensors_are_checked_on_every_call():
+    with torch.inference_mode():
+        crow, col = _csr(PATTERN)
+        values, x = _g(col.numel()), _g(N, K)
+        gops.csr_spmm(crow, col, values, x)
+        col[0] = K + 3  # no version bump inside inference_mode
+        with pytest.raises(IndexError, match="col_indices"):
+            gops.csr_spmm(crow, col, values, x)

@@ -73,6 +73,15 @@ def test_bsr_spmm_forward_and_backward():
     assert total == 3 * forward, by_op
 
 
+def test_bsr_spmm_backward_of_one_input():
+    # only the gradient asked for is computed (a first layer's input needs none)
+    crow, col, values, x = sample_inputs("bsr_spmm", seed=3)[3]
+    forward = 2 * col.numel() * values.shape[-1] ** 2 * x.shape[0]
+    for leaves in ((values.clone().requires_grad_(), x), (values, x.clone().requires_grad_())):
+        total, by_op = _count(lambda: ops.bsr_spmm(crow, col, *leaves).sum().backward())
+        assert total == 2 * forward, by_op
+
+
 @pytest.mark.parametrize("index", [1, 2, 4])
 def test_sparse_conv2d_forward(index):
     input, crow, col, values, ks, stride, padding, dilation, bias = sample_inputs("sparse_conv2d", seed=index)[index]

@@ -54,6 +54,14 @@ class SparseWeightMixin:
         return self.weight_shape[0], math.prod(self.weight_shape[1:])
 
     def _choose_layout(self, policy: str, mask: torch.Tensor, like: torch.Tensor) -> str:
+        if mask.device.type == "meta":
+            # No values on meta (deferred initialisation): only the dense-shaped layout can be built. An
+            # "auto" module repacks by density when it gets real weights (load_state_dict, set_mask).
+            if policy in ("auto", "masked"):
+                return "masked"
+            raise ValueError(f"{type(self).__name__}: layout {policy!r} stores only the kept weights, which a mask "
+                             "on the meta device does not say; use layout='masked' or 'auto' there (an 'auto' "
+                             "module repacks when load_state_dict or set_mask gives it real weights)")
         if policy != "auto":
             return policy
         density = float(mask.sum()) / mask.numel() if mask.numel() else 1.0
@@ -217,6 +225,8 @@ class SparseWeightMixin:
             self._pack(weight, mask, self._choose_layout(self.layout_policy, mask, weight))
 
     def _sparse_repr(self) -> str:
+        if self.weight.device.type == "meta":  # no mask values to count
+            return f"layout={self.layout}, density=unknown (meta)"
         return f"layout={self.layout}, density={self.density:.4f}"
 
 

@@ -122,7 +122,7 @@ def permutation(op: str, name: str, perm: torch.Tensor, n: int):
     index_range(op, name, perm, n)
     hit = torch.zeros(n, dtype=torch.bool, device=perm.device).index_fill_(0, perm.long(), True)
     if perm.numel() != n or not bool(hit.all()):
-        raise ValueError(f"{op}: {name} must be a permutation of [0, {n}) (each CSR position once); "
+        raise ValueError(f"{op}: {name} must be a permutation of [0, {n}) (each stored position once); "
                          "build it with transpose_index")
     remember(perm, "_granet_permutation_checked", (perm,), int(n))
 

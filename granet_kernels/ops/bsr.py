@@ -67,7 +67,7 @@ def _check_spmm_t(ccol, row, perm, values, dy):
 def _check_spmm_t_values(ccol, row, perm, values, dy):
     op = "granet::bsr_spmm_t"
     C.compressed_index_values(op, "ccol_indices", ccol, "row_indices", row, dy.shape[1] // values.shape[1])
-    C.index_range(op, "perm", perm, values.shape[0])
+    C.permutation(op, "perm", perm, values.shape[0])
 
 
 bsr_spmm_t_def = register_op(

@@ -64,7 +64,7 @@ def _check_spmm_t(ccol, row, perm, values, dy):
 def _check_spmm_t_values(ccol, row, perm, values, dy):
     op = "granet::csr_spmm_t"
     C.compressed_index_values(op, "ccol_indices", ccol, "row_indices", row, dy.shape[1])
-    C.index_range(op, "perm", perm, values.numel())
+    C.permutation(op, "perm", perm, values.numel())
 
 
 csr_spmm_t_def = register_op(
@@ -119,9 +119,10 @@ def _check_linear_backward(ccol, row, perm, values, dy, x):
 
 
 def _check_linear_backward_values(ccol, row, perm, values, dy, x):
-    _check_spmm_t_values(ccol, row, perm, values, dy)
+    op = "granet::csr_linear_backward"
+    C.compressed_index_values(op, "ccol_indices", ccol, "row_indices", row, dy.shape[1])
     # dvalues[perm[s]] is written once per CSC slot s: only a permutation defines every entry once
-    C.permutation("granet::csr_linear_backward", "perm", perm, values.numel())
+    C.permutation(op, "perm", perm, values.numel())
 
 
 csr_linear_backward_def = register_op(

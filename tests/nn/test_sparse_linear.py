@@ -224,3 +224,20 @@ def test_module_built_and_run_in_inference_mode(layout):
         for _ in range(2):
             torch.testing.assert_close(layer(x), torch.nn.functional.linear(x, layer.dense_weight(), layer.bias),
                                        rtol=1e-5, atol=1e-5)
+
+
+def test_meta_device_deferred_initialisation():
+    # No mask values on meta: "auto" builds the masked layout there and repacks by density when
+    # load_state_dict gives it real weights; layouts that store only the kept weights say why not.
+    for layout in ("csr", "bsr"):
+        with pytest.raises(ValueError, match=f"layout '{layout}'.*meta"):
+            SparseLinear(16, 8, density=0.5, layout=layout, device="meta")
+    meta = SparseLinear(64, 32, density=0.05, device="meta")
+    assert meta.layout == "masked" and "meta" in repr(meta)
+    assert meta(torch.empty(3, 64, device="meta")).shape == (3, 32)
+    ref = SparseLinear(64, 32, density=0.05)
+    layer = meta.to_empty(device="cpu")
+    layer.load_state_dict(ref.state_dict())
+    assert layer.layout == ref.layout == "csr"
+    x = torch.randn(3, 64)
+    torch.testing.assert_close(layer(x), ref(x))

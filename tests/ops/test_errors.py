@@ -183,6 +183,8 @@ CASES = [
     ("csr_spmm_t", "perm-out-of-range", edit(a2=set_(None, 0, 99)), IndexError, r"\bperm holds 99"),
     ("csr_spmm_t", "perm-negative", edit(a2=set_(None, 0, -2)), IndexError, r"\bperm holds -2"),
     ("csr_spmm_t", "perm-meta", edit(a2=meta), ValueError, r"\bperm is on meta"),
+    ("csr_spmm_t", "perm-not-a-permutation", edit(a2=lambda t: set_(None, 1, int(t[0]))(t)), ValueError,
+     r"\bperm must be a permutation"),
     ("csr_spmm_t", "dy-meta", edit(a4=meta), ValueError, r"\bdy is on meta"),
     # csr_sddmm(crow_indices, col_indices, dy, x)
     ("csr_sddmm", "dy-wrong-rows", edit(a2=lambda t: t[:, :3]), ValueError, r"\bdy\.shape\[1\] must be 4"),
@@ -255,6 +257,8 @@ CASES = [
     ("bsr_spmm_t", "perm-length", edit(a2=drop_last), ValueError, r"\bperm has \d+ entries"),
     ("bsr_spmm_t", "perm-out-of-range", edit(a2=set_(None, 0, 4)), IndexError, r"\bperm holds 4, out of range \[0, 4\)"),
     ("bsr_spmm_t", "perm-int64", edit(a2=to_long), TypeError, r"\bperm must have dtype int32"),
+    ("bsr_spmm_t", "perm-not-a-permutation", edit(a2=lambda t: set_(None, 1, int(t[0]))(t)), ValueError,
+     r"\bperm must be a permutation"),
     ("bsr_spmm_t", "values-block-count", edit(a3=drop_last), ValueError, r"\bvalues has \d+ blocks"),
     ("bsr_spmm_t", "values-fp16", edit(a3=half), TypeError, r"\bvalues has dtype torch.float16"),
     ("bsr_spmm_t", "dy-meta", edit(a4=meta), ValueError, r"\bdy is on meta"),

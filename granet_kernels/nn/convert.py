@@ -34,7 +34,28 @@ def prunable_layers(model: nn.Module, filter_fn: Callable[[str, nn.Module], bool
         layers = [(name, m) for name, m in layers if filter_fn(name, m)]
     if dense_first_layer and layers:
         layers = layers[1:]
+    _refuse_shared_parameters(model, layers)
     return layers
+
+
+def _refuse_shared_parameters(model: nn.Module, layers) -> None:
+    """A layer whose weight or bias Parameter another module also holds (weight tying by Parameter, e.g.
+    a decoder sharing an embedding's matrix) would be silently untied by the conversion: the sparse
+    module gets Parameters of its own. Say so instead. (The same module used at several places is a
+    tie the conversion keeps.)"""
+    holders: dict[int, list[tuple[str, nn.Module]]] = {}
+    for name, m in model.named_modules():
+        for p in m._parameters.values():
+            if p is not None:
+                holders.setdefault(id(p), []).append((name, m))
+    for name, m in layers:
+        for attr in ("weight", "bias"):
+            p = m._parameters.get(attr)
+            others = [other for other, om in holders.get(id(p), []) if om is not m] if p is not None else []
+            if others:
+                raise ValueError(f"layer {name!r} shares its {attr} Parameter with {others[0]!r}: converting it would "
+                                 "untie them (the sparse layer gets its own Parameters). Tie the module itself (one "
+                                 "module used at both places), or leave out every layer that holds it (filter_fn)")
 
 
 def replace_submodule(model: nn.Module, name: str, module: nn.Module) -> None:

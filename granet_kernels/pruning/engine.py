@@ -87,7 +87,14 @@ class GraNet:
         """Plain prunable layers -> sparse modules (all-ones mask for now); optimizer follows."""
         layers = {}
         bsr_block = self.config.block_size if self.config.block_size > 1 else 32
-        for name, module in prunable_layers(model, dense_first_layer=self.config.dense_first_layer):
+        prunable = prunable_layers(model, dense_first_layer=self.config.dense_first_layer)
+        held = {id(p) for group in optimizer.param_groups for p in group["params"]}
+        untrained = [name for name, m in prunable if m.weight.requires_grad and id(m.weight) not in held]
+        if untrained:  # the engine would prune and regrow weights that never train
+            raise ValueError(f"optimizer does not hold the weight of layer {untrained[0]!r}"
+                             f"{f' (and {len(untrained) - 1} more)' if len(untrained) > 1 else ''}: build it over "
+                             "the model's parameters (after any weight tying) before GraNet")
+        for name, module in prunable:
             if not isinstance(module, _SPARSE):
                 if isinstance(module, nn.Linear):
                     sparse = SparseLinear.from_dense(module, layout="masked", blocksize=bsr_block)
@@ -163,7 +170,9 @@ class GraNet:
             self.regrow_events += 1
         changed = False
         for n in names:
-            if not torch.equal(new[n], masks[n]):
+            # also with the mask unchanged, when weights dropped at this event were regrown in place:
+            # they restart at 0 like every regrown weight
+            if not torch.equal(new[n], masks[n]) or not torch.equal(keep_values[n] & new[n], new[n]):
                 units = self.units[n]
                 self._repack(self.layers[n], units.expand(new[n]), keep=units.expand(keep_values[n] & new[n]))
                 changed = True

@@ -242,6 +242,61 @@ def test_quirk_option_keeps_values_of_dropped_and_regrown():
         assert torch.equal(m.dense_weight().detach()[both], w[both])
 
 
+def test_weights_dropped_and_regrown_in_place_restart_at_zero():
+    # The only nonzero gradients are at the active positions, so the weights dropped at the event are
+    # regrown where they were and the mask does not change: they must still restart at 0, state too.
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 1, bias=False))
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    g = GraNet(model, opt, GraNetConfig(method="rigl", final_density=0.5, sparse_init="uniform", layout="masked",
+                                        total_epochs=10, iters_per_epoch=1, update_frequency=1, prune_rate=0.5,
+                                        prune_rate_min=0.5, seed=0))
+    layer = g.layers["0"]
+    mask = layer.mask.clone()
+    x = torch.randn(4, 8) * mask[0]  # inactive inputs are 0: inactive positions get no gradient
+    opt.zero_grad()
+    nn.functional.mse_loss(model(x), torch.randn(4, 1)).backward()
+    opt.step()
+    w = layer.dense_weight().detach().clone()
+    dropped = mask.nonzero()[w[mask].abs().argsort()[:2]]  # ceil(0.5 * 4) smallest active weights
+    g.step()
+    assert g.regrow_events == 1 and torch.equal(layer.mask, mask)
+    momentum = layer.from_layout(opt.state[layer.weight]["momentum_buffer"])
+    for r, c in dropped.tolist():
+        assert layer.dense_weight()[r, c] == 0 and momentum[r, c] == 0
+    kept = mask.clone()
+    kept[dropped[:, 0], dropped[:, 1]] = False
+    assert torch.equal(layer.dense_weight().detach()[kept], w[kept])
+
+
+def test_optimizer_must_hold_the_prunable_weights():
+    model = mlp()
+    with pytest.raises(ValueError, match="optimizer does not hold the weight of layer '0'"):
+        GraNet(model, make_opt(mlp()), config())  # another model's parameters
+    model = mlp()
+    with pytest.raises(ValueError, match="optimizer does not hold the weight of layer '2'"):
+        GraNet(model, torch.optim.SGD([model[0].weight, model[4].weight], lr=0.1), config())
+    model = mlp()
+    model[2].weight.requires_grad_(False)  # a frozen layer need not be in it
+    GraNet(model, torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.1), config())
+
+
+def test_layers_sharing_a_parameter_are_refused():
+    model = nn.Sequential(nn.Linear(6, 6), nn.ReLU(), nn.Linear(6, 6))
+    model[2].weight = model[0].weight
+    with pytest.raises(ValueError, match="shares its weight Parameter"):
+        GraNet(model, make_opt(model), config())
+    with pytest.raises(ValueError, match="shares its weight Parameter"):
+        gk.sparsify_(model, density=0.5)
+    assert isinstance(model[0], nn.Linear) and model[2].weight is model[0].weight  # nothing converted
+    emb = nn.Embedding(10, 6)
+    lm = nn.ModuleDict({"emb": emb, "head": nn.Linear(6, 10, bias=False)})
+    lm["head"].weight = emb.weight  # tied input and output embeddings
+    with pytest.raises(ValueError, match="'head' shares its weight Parameter with 'emb'"):
+        gk.sparsify_(lm, density=0.5)
+    gk.sparsify_(lm, density=0.5, filter_fn=lambda name, m: name != "head")  # left out: fine
+
+
 def test_report_and_flops():
     model = SmallCNN()
     opt = make_opt(model)

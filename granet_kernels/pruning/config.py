@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 
 METHODS = ("granet", "gmp", "rigl", "set", "static")
@@ -64,6 +65,10 @@ class GraNetConfig:
         self.validate()
 
     def validate(self) -> None:
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, float) and not math.isfinite(value):  # nan passes every comparison below
+                raise ValueError(f"{f.name} must be a finite number, got {value!r}")
         if self.method not in METHODS:
             raise ValueError(f"method must be one of {', '.join(METHODS)}, got {self.method!r}")
         inits = {s.lower(): s for s in SPARSE_INITS}

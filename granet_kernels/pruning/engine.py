@@ -62,7 +62,9 @@ class GraNet:
         self.schedule = Schedule(config)
         self.layers = self._convert(model, optimizer)
         if not self.layers:
-            raise ValueError("model has no prunable layers (nn.Linear / nn.Conv2d with groups=1)")
+            raise ValueError("model has no prunable layers (nn.Linear / nn.Conv2d with groups=1 whose weight "
+                             "requires grad)")
+        self._warn_if_no_event()
         self.units = {name: Units(m.weight_shape, config.block_size) for name, m in self.layers.items()}
         self.initial_densities = self._draw_initial_masks()
         self.flops = FlopMeter(model)
@@ -79,6 +81,23 @@ class GraNet:
 
     # --- setup -------------------------------------------------------------------------------------
 
+    def _warn_if_no_event(self) -> None:
+        """A schedule under which the masks never change (typically iters_per_epoch left at 1, so that
+        epochs count single steps) trains a static sparse net without saying so."""
+        c = self.config
+        if c.method == "static":
+            return
+        steps = range(c.update_frequency, c.total_steps + 1, c.update_frequency)
+        if c.method in ("granet", "gmp") and not any(self.schedule.prunes_at(s) for s in steps):
+            what, effect = "pruning", "the density stays at init_density"
+        elif not any(self.schedule.is_event(s) for s in steps):
+            what, effect = "regrowth", "the masks never change"
+        else:
+            return
+        warnings.warn(f"GraNet: no {what} event falls within the {c.total_steps} training steps (total_epochs="
+                      f"{c.total_epochs:g} x iters_per_epoch={c.iters_per_epoch}, update_frequency={c.update_frequency}), "
+                      f"so {effect}; set iters_per_epoch to the optimizer steps per epoch", RuntimeWarning, stacklevel=3)
+
     def _layout_for(self, module_is_linear: bool) -> str:
         layout = self.config.layout
         return "auto" if layout == "bsr" and not module_is_linear else layout
@@ -87,9 +106,12 @@ class GraNet:
         """Plain prunable layers -> sparse modules (all-ones mask for now); optimizer follows."""
         layers = {}
         bsr_block = self.config.block_size if self.config.block_size > 1 else 32
-        prunable = prunable_layers(model, dense_first_layer=self.config.dense_first_layer)
+        # A frozen layer (weight without requires_grad) is left as it is: its regrown weights could
+        # never train, so each event would only delete some of it.
+        prunable = [(name, m) for name, m in prunable_layers(model, dense_first_layer=self.config.dense_first_layer)
+                    if m.weight.requires_grad]
         held = {id(p) for group in optimizer.param_groups for p in group["params"]}
-        untrained = [name for name, m in prunable if m.weight.requires_grad and id(m.weight) not in held]
+        untrained = [name for name, m in prunable if id(m.weight) not in held]
         if untrained:  # the engine would prune and regrow weights that never train
             raise ValueError(f"optimizer does not hold the weight of layer {untrained[0]!r}"
                              f"{f' (and {len(untrained) - 1} more)' if len(untrained) > 1 else ''}: build it over "
@@ -166,7 +188,8 @@ class GraNet:
         new, keep_values = kept, kept
         if self.schedule.regrows_at(step):
             new, after_drop = self._drop_and_regrow(step, scores, kept)
-            keep_values = after_drop if c.zero_dropped_regrown else {n: masks[n] & new[n] for n in names}
+            # the quirk keeps what the drop step removed and regrew, not what pruning removed (zeroed)
+            keep_values = after_drop if c.zero_dropped_regrown else {n: kept[n] & new[n] for n in names}
             self.regrow_events += 1
         changed = False
         for n in names:

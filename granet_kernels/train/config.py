@@ -155,6 +155,11 @@ class TrainConfig:
     def validate(self) -> "TrainConfig":
         """Raise ConfigError (one line, saying what to fix) for anything the run cannot do."""
         for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            values = value if isinstance(value, (list, tuple)) else [value]
+            if any(isinstance(v, float) and not math.isfinite(v) for v in values):  # nan passes every comparison
+                raise ConfigError(f"--{f.name.replace('_', '-')} must be a finite number, got {value!r}")
+        for f in dataclasses.fields(self):
             choices = f.metadata.get("choices")
             value = getattr(self, f.name)
             if choices and value not in choices:

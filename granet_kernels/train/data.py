@@ -153,8 +153,10 @@ def load_digits_splits(val_size=None):
     idx = np.arange(len(y))
     rest, test = train_test_split(idx, test_size=0.2, random_state=0, stratify=y)
     n_val = round(0.15 * len(y)) if val_size is None else (round(val_size * len(rest)) if val_size < 1 else int(val_size))
-    if not 0 < n_val < len(rest):
-        raise ConfigError(f"--val-size {val_size:g} leaves no training or no validation digits out of {len(rest)}")
+    classes = int(y.max()) + 1  # the split is stratified: every class on both sides
+    if not classes <= n_val <= len(rest) - classes:
+        raise ConfigError(f"--val-size {val_size:g} gives {n_val} validation digits out of {len(rest)}; the stratified "
+                          f"split needs at least {classes} ({classes} classes) on each side")
     train, val = train_test_split(rest, test_size=n_val, random_state=0, stratify=y[rest])
     t = lambda ids: TensorSplit(torch.from_numpy(x[np.sort(ids)]).unsqueeze(1), torch.from_numpy(y[np.sort(ids)]))
     return t(train), t(val), t(test)

@@ -16,6 +16,7 @@ import math
 import os
 import sys
 import time
+import warnings
 
 import torch
 import torch.nn.functional as F
@@ -90,7 +91,10 @@ def make_engine(model, optimizer, cfg: TrainConfig, iters_per_epoch: int):
         wanted = {k: v for k, v in wanted.items() if k in known}
     try:
         gcfg = GraNetConfig(**wanted)
-        return GraNet(model, optimizer, gcfg)
+        with warnings.catch_warnings():
+            # _check_schedule says this as an error naming the flags
+            warnings.filterwarnings("ignore", message="GraNet: no pruning event", category=RuntimeWarning)
+            return GraNet(model, optimizer, gcfg)
     except (ValueError, TypeError) as error:
         raise ConfigError(f"the GraNet engine rejected the configuration: {' '.join(str(error).split())}") from None
 

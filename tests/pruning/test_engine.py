@@ -297,6 +297,53 @@ def test_layers_sharing_a_parameter_are_refused():
     gk.sparsify_(lm, density=0.5, filter_fn=lambda name, m: name != "head")  # left out: fine
 
 
+def test_quirk_option_zeroes_what_pruning_removed():
+    # zero_dropped_regrown=False keeps what the drop step removed and regrew; a weight removed by the
+    # global pruning of the same event and regrown restarts at 0, as in the reference code.
+    model = nn.Sequential(nn.Linear(8, 1, bias=False))
+    with torch.no_grad():
+        model[0].weight.copy_(torch.tensor([[0.01, 0.02, 0.03, 0.04, 5., 6., 7., 8.]]))
+    opt = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
+    g = GraNet(model, opt, GraNetConfig(method="granet", init_density=1.0, final_density=0.5, sparse_init="uniform",
+                                        layout="masked", init_prune_epoch=0, final_prune_epoch=2, total_epochs=10,
+                                        iters_per_epoch=1, update_frequency=1, prune_rate=0.5, prune_rate_min=0.5,
+                                        zero_dropped_regrown=False))
+    layer = g.layers["0"]
+    x = torch.zeros(4, 8)
+    x[:, :4] = torch.randn(4, 4, generator=torch.Generator().manual_seed(0)) * 10  # gradient at the smallest only
+    opt.zero_grad()
+    nn.functional.mse_loss(model(x), torch.ones(4, 1)).backward()
+    opt.step()
+    g.step()  # prunes columns 0-3, drops two of 4-7, regrows two of 0-3
+    mask = layer.mask[0]
+    regrown = mask[:4].nonzero().flatten()
+    assert len(regrown) == 2
+    momentum = layer.from_layout(opt.state[layer.weight]["momentum_buffer"])[0]
+    assert (layer.dense_weight()[0, regrown] == 0).all() and (momentum[regrown] == 0).all()
+
+
+def test_frozen_layers_are_left_alone():
+    model = mlp()
+    model[2].requires_grad_(False)
+    before = model[2].weight.detach().clone()
+    g = GraNet(model, torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.1), config())
+    assert list(g.layers) == ["0", "4"] and isinstance(model[2], nn.Linear)
+    assert torch.equal(model[2].weight, before)
+
+
+def test_a_schedule_without_events_warns():
+    model = mlp()
+    with pytest.warns(RuntimeWarning, match="no pruning event falls within the 160 training steps"):
+        GraNet(model, make_opt(model), GraNetConfig(method="granet", init_density=0.5, final_density=0.05,
+                                                    total_epochs=160, update_frequency=1000))
+    model = mlp()
+    with pytest.warns(RuntimeWarning, match="no regrowth event"):
+        GraNet(model, make_opt(model), GraNetConfig(method="rigl", final_density=0.5, total_epochs=3,
+                                                    update_frequency=10))
+    with pytest.raises(ValueError, match="init_prune_epoch must be a finite number"):
+        GraNet(mlp(), make_opt(mlp()), GraNetConfig(init_prune_epoch=float("nan")))
+
+
 def test_report_and_flops():
     model = SmallCNN()
     opt = make_opt(model)

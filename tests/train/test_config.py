@@ -107,6 +107,11 @@ BAD = [
     (["--device", "tpu"], "unknown device 'tpu'"),
     (["--epochs", "2", "--update-frequency", "500"], "no pruning event fits"),
     (["--amp", "bf16"], "--amp bf16 works with --method dense only"),
+    (["--warmup-epochs", "nan"], "--warmup-epochs must be a finite number"),
+    (["--weight-decay", "inf"], "--weight-decay must be a finite number"),
+    (["--init-prune-epoch", "nan"], "--init-prune-epoch must be a finite number"),
+    (["--val-size", "5"], "the stratified split needs at least 10"),
+    (["--val-size", "0.999"], "the stratified split needs at least 10"),
 ]
 
 

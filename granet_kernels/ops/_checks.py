@@ -6,6 +6,8 @@ from typing import Iterable, Sequence
 
 import torch
 
+from granet_kernels.ops._index import csr_rows
+
 FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 INDEX_DTYPES = (torch.int32,)
 
@@ -137,10 +139,7 @@ def transposed_index(op: str, crow: torch.Tensor, col: torch.Tensor, ccol: torch
         return
     permutation(op, "perm", perm, col.numel())
     p = perm.long()
-    csr_row = torch.repeat_interleave(torch.arange(crow.numel() - 1, device=crow.device), (crow[1:] - crow[:-1]).long(),
-                                      output_size=col.numel())
-    csc_col = torch.repeat_interleave(torch.arange(ccol.numel() - 1, device=ccol.device), (ccol[1:] - ccol[:-1]).long(),
-                                      output_size=row.numel())
+    csr_row, csc_col = csr_rows(crow, col.numel()), csr_rows(ccol, row.numel())  # the column of each CSC slot
     if not (bool((csr_row[p] == row.long()).all()) and bool((col.long()[p] == csc_col).all())):
         raise ValueError(f"{op}: ccol_indices, row_indices and perm are not the transposed index of crow_indices and "
                          "col_indices (build them with transpose_index)")

@@ -57,11 +57,20 @@ def time_interleaved(fns: dict[str, Callable[[], object]], *, device: str = "cpu
 
 
 def environment(device: str = "cpu") -> dict:
+    import granet_kernels
+    from granet_kernels.nn import crossover
+
+    vendor, family = crossover.cpu_identity()
     return {
         "device": device_name(device),
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
         "machine": platform.machine(),
+        # "AMD EPYC" names Zen 3 and Zen 5 VMs alike: the family and the kernels' ISA tell them apart.
+        "cpu_vendor": vendor,
+        "cpu_family": family,
+        "cpu_isa": granet_kernels.build_info()["cpu_isa"],
+        "auto_crossovers": crossover.cpu_crossovers().measured_on,
         "date": time.strftime("%Y-%m-%d %H:%M:%S"),
     }
 

@@ -86,12 +86,17 @@ T* pack(const at::Tensor& dense, Scratch slot, T* sums = nullptr) {
 }
 
 
-// The CSC backward and the SDDMM run their AVX2 copies on AVX-512 CPUs too
-// (GRANET_ISA_CALL_AT_MOST_AVX2): their per-nonzero horizontal sums are a vhaddps tree on 8-lane
-// vectors, while the 16-lane AVX-512 copies reduce through slower shuffles. Measured on the Xeon
-// host of an H200 device machine (2026-11-25, W 4096^2, batch 256, 1 thread, same binary with
-// GRANET_CPU_ISA=avx2 / avx512): fused backward 39.1 / 152.1 ms at d = 0.1, 20.8 / 69.3 at 0.05,
-// 9.6 / 30.8 at 0.02; SDDMM 67.1 / 125.4 ms at d = 0.1. The forward and dx alone were equal.
+// The SDDMM and the CSR-order backward of small batches run their AVX2 copies on AVX-512 CPUs too
+// (GRANET_ISA_CALL_AT_MOST_AVX2). Their 16-lane copies once reduced each nonzero's dot product
+// through slow shuffles: on the Xeon host of an H200 device machine (2026-11-25, W 4096^2, batch
+// 256, 1 thread, GRANET_CPU_ISA=avx2 / avx512) the fused backward took 39.1 / 152.1 ms at d = 0.1,
+// 20.8 / 69.3 at 0.05, 9.6 / 30.8 at 0.02, the SDDMM 67.1 / 125.4 ms at d = 0.1. The CSC backward's
+// 16-lane copy now folds each dot vector to 8 lanes and shares the AVX2 reduction tree (fold8 in
+// csr_impl.h) and runs on AVX-512 CPUs: W 4096^2, batch 256, backward ms with its AVX2 / AVX-512
+// copy on Zen 5 (2026-11-26, two alternating runs each): 32.5-32.7 / 30.2-30.5 at d = 0.1,
+// 17.1 / 15.5-16.3 at 0.05, 8.5-8.7 / 8.2-8.3 at 0.02; on that Xeon equal within its noise (training
+// step 67-97 / 66-83 ms at d = 0.1). The small-batch rows kernel was not faster with 16 lanes at
+// batch 16 (Zen 5: step 4.2-4.5 / 4.7-5.1 ms at d = 0.1) and stays at AVX2.
 
 // Fast paths of the O(nnz) index checks, which cost as much as a third of a kernel at low density
 // when run element by element with a branch each: one branch-free (vectorised) pass decides, and the
@@ -250,7 +255,7 @@ at::Tensor csr_spmm_t_cpu(const at::Tensor& ccol, const at::Tensor& row, const a
     const scalar_t* w_csc = csc_values<scalar_t>(op, values, perm);
     const scalar_t* dyp = pack<scalar_t>(dy, Scratch::a);
     at::Tensor dx = cpu::empty_output({n, k}, dy.options());
-    if (!GRANET_ISA_CALL_AT_MOST_AVX2(backward<scalar_t>, cc.data_ptr<int32_t>(), r.data_ptr<int32_t>(), w_csc, dyp, nullptr,
+    if (!GRANET_ISA_CALL(backward<scalar_t>, cc.data_ptr<int32_t>(), r.data_ptr<int32_t>(), w_csc, dyp, nullptr,
                          dx.data_ptr<scalar_t>(), nullptr, n, m, k, true, false, panel_bytes_of<scalar_t>(n)))
       raise_bad_index(op, "ccol_indices", cc, "row_indices", r, m);
     return dx;
@@ -382,7 +387,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> linear_backward(const char* op, c
     } else {
       const scalar_t* w_csc = csc_values<scalar_t>(op, values, perm);
       scalar_t* dw_csc = cpu::scratch_of<scalar_t>(Scratch::e, row.numel());
-      if (!GRANET_ISA_CALL_AT_MOST_AVX2(backward<scalar_t>, cc.data_ptr<int32_t>(), r.data_ptr<int32_t>(), w_csc, dyp,
+      if (!GRANET_ISA_CALL(backward<scalar_t>, cc.data_ptr<int32_t>(), r.data_ptr<int32_t>(), w_csc, dyp,
                                         xp, grad_x.data_ptr<scalar_t>(), dw_csc, n, m, k, true, true,
                                         panel_bytes_of<scalar_t>(n)))
         raise_bad_index(op, "ccol_indices", cc, "row_indices", r, m);

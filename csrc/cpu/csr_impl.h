@@ -368,13 +368,27 @@ inline vec dot_chain(const vec* d, const vec* x) {
   }
 }
 
-#if GRANET_VECTOR_BYTES == 32
-// fp32 with 8-lane vectors (AVX2): the dot vectors of eight slots reduce to eight sums in one
-// vector with a vhaddps tree (7 hadds, 2 lane permutes, 1 add), folded in as the slots complete
-// so that few vectors stay live. Measured 9-13% faster than groups of four with add_hsum4.
-constexpr bool kDotGroupsOf8 = true;
+// fp32 dot products of a group of eight slots reduce to eight sums in one 8-lane vector with a
+// vhaddps tree (7 hadds, 2 lane permutes, 1 add), folded in as the slots complete so that few
+// vectors stay live. Measured 9-13% faster than groups of four with add_hsum4 (AVX2, Zen 3). The
+// AVX-512 copies first add the two halves of each 16-lane dot vector (fold8) and share the tree.
 typedef float f32x8 __attribute__((vector_size(32)));
+#if GRANET_VECTOR_BYTES >= 32
+constexpr bool kDotGroupsOf8 = true;
 inline f32x8 hadd8(f32x8 a, f32x8 b) { return __builtin_ia32_haddps256(a, b); }
+// An 8-lane vector with v's lane sum.
+template <typename vec>
+inline f32x8 fold8(vec v) {
+  if constexpr (sizeof(vec) == sizeof(f32x8)) {
+    return v;
+  } else {
+    static_assert(sizeof(vec) == 2 * sizeof(f32x8));
+    f32x8 a, b;
+    __builtin_memcpy(&a, &v, sizeof(a));
+    __builtin_memcpy(&b, reinterpret_cast<const char*>(&v) + sizeof(a), sizeof(b));
+    return a + b;
+  }
+}
 // h[q] = hadd(dot[2q], dot[2q+1]); out[0..8) (= or +=) the eight lane sums, in slot order.
 inline void add_hsum8(const f32x8* h, float* out, bool assign) {
   const f32x8 t0 = hadd8(h[0], h[1]), t1 = hadd8(h[2], h[3]);
@@ -389,6 +403,25 @@ inline void add_hsum8(const f32x8* h, float* out, bool assign) {
 #else
 constexpr bool kDotGroupsOf8 = false;
 #endif
+
+// The type a group's dot products are kept in: 8-lane fp32 vectors for groups of eight.
+template <typename T, bool GROUP8>
+using DotVec = std::conditional_t<GROUP8, f32x8, typename Simd<T>::vec>;
+
+// dot[u] = the dot vector of slot u of a group, folding pairs as they complete in groups of eight.
+template <typename T, bool GROUP8>
+inline void put_dot(DotVec<T, GROUP8>* dot, int u, typename Simd<T>::vec v) {
+#if GRANET_VECTOR_BYTES >= 32
+  if constexpr (GROUP8) {
+    dot[u] = fold8(v);
+    if (u & 1) dot[u - 1] = hadd8(dot[u - 1], dot[u]);
+    return;
+  } else
+#endif
+  {
+    dot[u] = v;
+  }
+}
 
 // Thread t's share [first, last) of the `count` rows (or columns) of a compressed index ptr, when
 // the cost ptr[r] + r (slots plus per-row work) is split evenly among nt threads.
@@ -421,18 +454,20 @@ inline ThreadShare share_of_this_thread(const int32_t* ptr, int64_t count) {
   return {team.size, team.id, share.first, share.last};
 }
 
-// out[0..G) (= or +=) the lane sums of a group's dot vectors: with kDotGroupsOf8 (fp32, AVX2) the
-// group is 8 and dot[0, 2, 4, 6] already hold pairs folded by hadd8 as the slots completed.
+// out[0..G) (= or +=) the lane sums of a group's dot vectors: in groups of eight (fp32 with AVX2 or
+// AVX-512), dot[0, 2, 4, 6] already hold pairs folded by put_dot as the slots completed.
 template <typename T, bool GROUP8>
-inline void add_group_sums(const typename Simd<T>::vec* dot, T* out, bool assign) {
-#if GRANET_VECTOR_BYTES == 32
+inline void add_group_sums(const DotVec<T, GROUP8>* dot, T* out, bool assign) {
+#if GRANET_VECTOR_BYTES >= 32
   if constexpr (GROUP8) {
     const f32x8 h[4] = {dot[0], dot[2], dot[4], dot[6]};
     add_hsum8(h, out, assign);
     return;
-  }
+  } else
 #endif
-  add_hsum4<T>(dot, out, assign);
+  {
+    add_hsum4<T>(dot, out, assign);
+  }
 }
 
 // Backward in CSC order, fused: walking W by columns j, x's panel row j and the dx accumulator stay
@@ -493,7 +528,7 @@ bool csc_backward_panels(const int32_t* ccol, const int32_t* row, const T* w_csc
           if (s + G - 1 + kPrefetchAhead < s_limit)  // one check per group
             for (int u = 0; u < G; ++u)
               prefetch_row<T, BT>(dy_panel + static_cast<int64_t>(row[s + u + kPrefetchAhead]) * BT);
-          vec dot[G];
+          DotVec<T, kGroup8> dot[G];
           for (int u = 0; u < G; ++u) {
             const uint32_t r = static_cast<uint32_t>(row[s + u]);
             if (FIRST && r >= mb) return false;
@@ -504,13 +539,7 @@ bool csc_backward_panels(const int32_t* ccol, const int32_t* row, const T* w_csc
               const vec w = S::splat(w_csc[s + u]);
               for (int v = 0; v < NV; ++v) dx[u % DXS][v] += w * d[v];
             }
-            if (DW) {
-              dot[u] = dot_chain<vec, NV>(d, xj);
-#if GRANET_VECTOR_BYTES == 32
-              if constexpr (kGroup8)  // fold pairs as they complete: fewer live vectors
-                if (u & 1) dot[u - 1] = hadd8(dot[u - 1], dot[u]);
-#endif
-            }
+            if (DW) put_dot<T, kGroup8>(dot, u, dot_chain<vec, NV>(d, xj));
           }
           if constexpr (DW) add_group_sums<T, kGroup8>(dot, dw_csc + s, FIRST);
         }
@@ -640,7 +669,7 @@ bool csr_backward_rows(const int32_t* crow, const int32_t* col, const T* values,
               prefetch_row<T, BT>(x_panel + c * BT);
               prefetch_row<T, BT>(buf_l + c * BT);
             }
-          vec dot[G];
+          DotVec<T, kGroup8> dot[G];
           for (int u = 0; u < G; ++u) {
             const uint32_t c = static_cast<uint32_t>(col_l[q + u]);
             if (FIRST && c >= kb_l) return false;
@@ -650,11 +679,7 @@ bool csr_backward_rows(const int32_t* crow, const int32_t* col, const T* values,
             for (int v = 0; v < NV; ++v) xv[v] = S::load(xr + v * S::lanes);
             const vec w = S::splat(values_l[q + u]);
             for (int v = 0; v < NV; ++v) S::store(br + v * S::lanes, S::load(br + v * S::lanes) + w * d[v]);
-            dot[u] = dot_chain<vec, NV>(d, xv);
-#if GRANET_VECTOR_BYTES == 32
-            if constexpr (kGroup8)
-              if (u & 1) dot[u - 1] = hadd8(dot[u - 1], dot[u]);
-#endif
+            put_dot<T, kGroup8>(dot, u, dot_chain<vec, NV>(d, xv));
           }
           add_group_sums<T, kGroup8>(dot, dw_l + q, FIRST);
         }

@@ -247,6 +247,30 @@ def test_packed_input_goes_to_the_backward_only_when_training():
     torch.testing.assert_close(layer.weight.grad, dense.weight.grad[layer.mask], rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("bias", [True, False])
+def test_one_row_training_step_packs_nothing(bias):
+    # A batch of one row: the forward reads x in place (no panels) and the backward's one-row kernel
+    # too; outputs equal the inference forward bit for bit and the gradients the dense ones.
+    gen = torch.Generator().manual_seed(5)
+    layer = gk.SparseLinear(37, 19, density=0.3, layout="csr", bias=bias, generator=gen)
+    x = torch.randn(1, 37, generator=gen, requires_grad=True)
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        y = layer(x)
+    ran = {e.key for e in prof.key_averages()}
+    assert "granet::_native_csr_linear_bias" in ran and "granet::_native_csr_linear_bias_panels" not in ran, ran
+    with torch.no_grad():
+        assert torch.equal(y, layer(x))
+    dy = torch.randn(1, 19, generator=gen)
+    y.backward(dy)
+    dense = layer.to_dense()
+    xd = x.detach().clone().requires_grad_()
+    dense(xd).backward(dy)
+    torch.testing.assert_close(x.grad, xd.grad, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(layer.weight.grad, dense.weight.grad[layer.mask], rtol=1e-5, atol=1e-6)
+    if bias:
+        torch.testing.assert_close(layer.bias.grad, dense.bias.grad)
+
+
 @pytest.mark.parametrize(
     "bad",
     [

@@ -103,7 +103,9 @@ T* pack(const at::Tensor& dense, Scratch slot, T* sums = nullptr) {
 // copy on Zen 5 (2026-11-26, two alternating runs each): 32.5-32.7 / 30.2-30.5 at d = 0.1,
 // 17.1 / 15.5-16.3 at 0.05, 8.5-8.7 / 8.2-8.3 at 0.02; on that Xeon equal within its noise (training
 // step 67-97 / 66-83 ms at d = 0.1). The small-batch rows kernel was not faster with 16 lanes at
-// batch 16 (Zen 5: step 4.2-4.5 / 4.7-5.1 ms at d = 0.1) and stays at AVX2.
+// batch 16 (Zen 5: step 4.2-4.5 / 4.7-5.1 ms at d = 0.1) and stays at AVX2; so does the SDDMM, which
+// got the same grouped reduction (2026-11-26) but ran 20% slower with 16 lanes than with 8 (Zen 5,
+// W 4096^2, batch 256: 20.6-21.9 / 17.1-17.5 ms at d = 0.1, 10.8-11.5 / 9.3-9.7 at 0.05).
 
 // Fast paths of the O(nnz) index checks, which cost as much as a third of a kernel at low density
 // when run element by element with a branch each: one branch-free (vectorised) pass decides, and the

@@ -779,35 +779,63 @@ bool csr_backward_one_row(const int32_t* crow, const int32_t* col, const T* valu
   return bad_flag == 0;
 }
 
-// SDDMM in CSR order: dw[q] = <dy[:, i], x[:, col(q)]> for the nonzeros q of row i.
+// SDDMM in CSR order: dw[q] = <dy[:, i], x[:, col(q)]> for the nonzeros q of row i (the weight
+// gradient alone: a layer whose input needs no gradient, e.g. a model's first). Laid out like the
+// backward kernels: threads take row ranges balanced by nonzeros; panels are the outer loop so that
+// one x panel (k x BT, rows read at random, prefetched kPrefetchAhead slots ahead) stays in L2 while
+// the index streams; slots go in groups whose dot products share one horizontal reduction; the first
+// panel writes dw, the others add. No stores but dw's, so every dw[q] is summed in the same order
+// whatever the thread count. col must be range-checked by the caller.
 template <typename T, int BT>
 void csr_sddmm_panels(const int32_t* crow, const int32_t* col, const T* dyp, const T* xp, T* dw, int64_t n,
                       int64_t m, int64_t k) {
   using S = Simd<T>;
   using vec = typename S::vec;
   constexpr int NV = BT / S::lanes;
+  constexpr bool kGroup8 = kDotGroupsOf8 && sizeof(T) == 4;
+  constexpr int G = kGroup8 ? 8 : 4;
   const int64_t n_panels = (n + BT - 1) / BT;
-  constexpr int64_t RB = 64;
-  const int64_t row_blocks = (m + RB - 1) / RB;
-#pragma omp parallel for schedule(dynamic, 1)
-  for (int64_t rb = 0; rb < row_blocks; ++rb) {
-    const int64_t i_end = min_i64((rb + 1) * RB, m);
-    for (int64_t i = rb * RB; i < i_end; ++i)
-      for (int32_t q = crow[i]; q < crow[i + 1]; ++q) dw[q] = T(0);
-    for (int64_t p = 0; p < n_panels; ++p) {
+  if (n_panels == 0) {  // no batch rows: the gradient is zero
+    for (int64_t q = 0; q < crow[m]; ++q) dw[q] = T(0);
+    return;
+  }
+#pragma omp parallel
+  {
+    const ThreadShare share = share_of_this_thread(crow, m);  // rows [i0, i1)
+    const int64_t i0 = share.first, i1 = share.last;
+    const int64_t q_limit = crow[i1];
+    auto panel_pass = [&]<bool FIRST>(int64_t p) {
       const T* dy_panel = dyp + p * m * BT;
       const T* x_panel = xp + p * k * BT;
-      for (int64_t i = rb * RB; i < i_end; ++i) {
-        vec di[NV];
-        for (int v = 0; v < NV; ++v) di[v] = S::load(dy_panel + i * BT + v * S::lanes);
-        for (int32_t q = crow[i]; q < crow[i + 1]; ++q) {
+      for (int64_t i = i0; i < i1; ++i) {
+        vec d[NV];
+        for (int v = 0; v < NV; ++v) d[v] = S::load(dy_panel + i * BT + v * S::lanes);
+        int64_t q = crow[i];
+        const int64_t q_end = crow[i + 1];
+        for (; q + G <= q_end; q += G) {
+          if (q + G - 1 + kPrefetchAhead < q_limit)
+            for (int u = 0; u < G; ++u)
+              prefetch_row<T, BT>(x_panel + static_cast<int64_t>(col[q + u + kPrefetchAhead]) * BT);
+          DotVec<T, kGroup8> dot[G];
+          for (int u = 0; u < G; ++u) {
+            const T* xr = x_panel + static_cast<int64_t>(col[q + u]) * BT;
+            vec xv[NV];
+            for (int v = 0; v < NV; ++v) xv[v] = S::load(xr + v * S::lanes);
+            put_dot<T, kGroup8>(dot, u, dot_chain<vec, NV>(d, xv));
+          }
+          add_group_sums<T, kGroup8>(dot, dw + q, FIRST);
+        }
+        for (; q < q_end; ++q) {
           const T* xr = x_panel + static_cast<int64_t>(col[q]) * BT;
           vec dot = vec{};
-          for (int v = 0; v < NV; ++v) dot += di[v] * S::load(xr + v * S::lanes);
-          dw[q] += S::hsum(dot);
+          for (int v = 0; v < NV; ++v) dot += d[v] * S::load(xr + v * S::lanes);
+          const T h = S::hsum(dot);
+          dw[q] = FIRST ? h : dw[q] + h;
         }
       }
-    }
+    };
+    panel_pass.template operator()<true>(0);
+    for (int64_t p = 1; p < n_panels; ++p) panel_pass.template operator()<false>(p);
   }
 }
 

@@ -73,3 +73,25 @@ def test_separate_conv_gradient_ops_are_bit_identical(two_threads, conv):
 def _noise_filters():
     noise = SparseConv2d(8, 8, 3, padding=1, density=0.5, layout="csr")
     return noise.crow_indices, noise.col_indices
+
+
+@pytest.mark.parametrize("n", [0, 1, 7, 33, 100])
+def test_weight_gradient_alone_does_not_depend_on_the_thread_count(n):
+    # csr_sddmm (dW of a layer whose input needs no gradient): each entry is summed by one thread, in
+    # an order the thread count does not change.
+    from granet_kernels.ops import reference
+    from granet_kernels.ops.samples import random_csr
+
+    gen = torch.Generator().manual_seed(n)
+    crow, col, _ = random_csr(61, 90, 0.3, gen=gen)
+    dy, x = torch.randn(n, 61, generator=gen), torch.randn(n, 90, generator=gen)
+    before = torch.get_num_threads()
+    try:
+        results = []
+        for threads in (1, 2):
+            torch.set_num_threads(threads)
+            results.append(torch.ops.granet.csr_sddmm(crow, col, dy, x))
+    finally:
+        torch.set_num_threads(before)
+    assert torch.equal(results[0], results[1])
+    torch.testing.assert_close(results[0], reference.csr_sddmm(crow, col, dy, x), rtol=1e-5, atol=1e-5)

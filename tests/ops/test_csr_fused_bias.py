@@ -240,11 +240,18 @@ def test_packed_input_goes_to_the_backward_only_when_training():
     assert not hasattr(y, hint)  # the backward holds the panels, not the output the user keeps
     dy = torch.randn_like(y)
     y.backward(dy)
+    _assert_grads_match_dense(layer, x, dy)
+
+
+def _assert_grads_match_dense(layer, x, dy):
+    """x.grad and the layer's gradients (after y.backward(dy)) against its dense copy's."""
     dense = layer.to_dense()
     xd = x.detach().clone().requires_grad_()
     dense(xd).backward(dy)
     torch.testing.assert_close(x.grad, xd.grad, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(layer.weight.grad, dense.weight.grad[layer.mask], rtol=1e-5, atol=1e-5)
+    if layer.bias is not None:
+        torch.testing.assert_close(layer.bias.grad, dense.bias.grad, rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("bias", [True, False])
@@ -262,13 +269,7 @@ def test_one_row_training_step_packs_nothing(bias):
         assert torch.equal(y, layer(x))
     dy = torch.randn(1, 19, generator=gen)
     y.backward(dy)
-    dense = layer.to_dense()
-    xd = x.detach().clone().requires_grad_()
-    dense(xd).backward(dy)
-    torch.testing.assert_close(x.grad, xd.grad, rtol=1e-5, atol=1e-6)
-    torch.testing.assert_close(layer.weight.grad, dense.weight.grad[layer.mask], rtol=1e-5, atol=1e-6)
-    if bias:
-        torch.testing.assert_close(layer.bias.grad, dense.bias.grad)
+    _assert_grads_match_dense(layer, x, dy)
 
 
 @pytest.mark.parametrize(
